@@ -1,0 +1,245 @@
+"""Real cgroups holding real threads in known states, for cgshim's tests and benchmarks.
+
+A :class:`Testbed` creates cgroups with unique names under a prefix (``cgshim-test-`` by
+default) in the v1 ``cpu`` hierarchy and/or the cgroup2 hierarchy, starts worker processes
+whose threads sit in chosen states, moves them into those cgroups, and on ``close()``
+kills exactly the processes it started (by pid) and removes exactly the cgroups it made,
+deepest first. It never writes to a cgroup it did not create. Needs root.
+
+Thread kinds a worker can hold (kernel >= 6.1 task states in brackets):
+
+- ``busy``: the main thread spins (R).
+- ``pipe``: blocked in read() on a pipe (TASK_INTERRUPTIBLE, counted by cgroupstats).
+- ``poll``: blocked in poll() (TASK_INTERRUPTIBLE, counted by cgroupstats).
+- ``futex``: blocked in a futex wait (TASK_INTERRUPTIBLE|TASK_FREEZABLE: /proc shows S,
+  cgroupstats counts it nowhere).
+- ``nanosleep``: blocked in clock_nanosleep (TASK_INTERRUPTIBLE|TASK_FREEZABLE, as futex).
+
+A worker that is not busy keeps its main thread in a pipe read (S, counted).
+``Worker.stop()`` sends SIGSTOP: every thread goes to T.
+"""
+import errno
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+SLEEPER_KINDS = ("pipe", "poll", "futex", "nanosleep")
+
+_WORKER = r"""
+import json, os, select, sys, threading, time
+spec = json.loads(sys.argv[1])
+threading.stack_size(64 * 1024)
+r, w = os.pipe()
+started = []
+lock = threading.Lock()
+def run(kind):
+    with lock:
+        started.append([kind, threading.get_native_id()])
+    if kind == "pipe":
+        os.read(r, 1)
+    elif kind == "poll":
+        p = select.poll(); p.register(r, select.POLLIN); p.poll()
+    elif kind == "futex":
+        threading.Event().wait()
+    elif kind == "nanosleep":
+        time.sleep(10**7)
+for kind, n in spec["threads"].items():
+    for _ in range(n):
+        threading.Thread(target=run, args=(kind,), daemon=True).start()
+want = sum(spec["threads"].values())
+while True:
+    with lock:
+        if len(started) == want:
+            break
+    time.sleep(0.001)
+main = "busy" if spec["busy"] else "pipe"
+sys.stdout.write(json.dumps({"main": [main, threading.get_native_id()], "threads": started}) + "\n")
+sys.stdout.flush()
+if spec["busy"]:
+    while True:
+        pass
+else:
+    os.read(0, 1)
+"""
+
+# The /proc state letter each kind settles in (field 3 of /proc/<pid>/task/<tid>/stat).
+_EXPECTED = {"busy": "R", "pipe": "S", "poll": "S", "futex": "S", "nanosleep": "S"}
+
+_counter = itertools.count()
+
+
+class TestbedError(RuntimeError):
+    """The test bed could not be set up (not root, no such hierarchy, ...)."""
+
+
+def _read_state(tid):
+    try:
+        with open(f"/proc/{tid}/task/{tid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return chr(data[data.rindex(b")") + 2])
+
+
+class Worker:
+    """One started process; ``roles`` maps each tid to its kind."""
+
+    def __init__(self, proc, roles):
+        self.proc = proc
+        self.pid = proc.pid
+        self.roles = roles
+        self.stopped = False
+
+    @property
+    def tids(self):
+        return list(self.roles)
+
+    def expected_states(self):
+        """tid -> the /proc state letter this worker's threads should be in."""
+        if self.stopped:
+            return {tid: "T" for tid in self.roles}
+        return {tid: _EXPECTED[kind] for tid, kind in self.roles.items()}
+
+    def count(self, kind):
+        return sum(1 for k in self.roles.values() if k == kind)
+
+    def wait_settled(self, timeout=10.0):
+        """Wait until every thread shows its expected state; raise TestbedError if not."""
+        want = self.expected_states()
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = {tid: _read_state(tid) for tid in want}
+            if seen == want:
+                return
+            if time.monotonic() > deadline:
+                raise TestbedError(f"worker {self.pid} did not settle: want {want}, saw {seen}")
+            time.sleep(0.005)
+
+    def stop(self):
+        os.kill(self.pid, signal.SIGSTOP)
+        self.stopped = True
+        self.wait_settled()
+
+    def cont(self):
+        os.kill(self.pid, signal.SIGCONT)
+        self.stopped = False
+        self.wait_settled()
+
+    def kill(self):
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+class Testbed:
+    """Cgroups and worker processes that are removed again on close (also on failure)."""
+
+    def __init__(self, prefix="cgshim-test-", *, v1_root=None, v2_root=None):
+        self.prefix = prefix
+        self._roots = {1: v1_root, 2: v2_root}
+        self._tag = f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._cgroups = []  # creation order
+        self.workers = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def root(self, version):
+        """Mount point of the v1 ``cpu`` hierarchy (version=1) or of cgroup2 (version=2)."""
+        if self._roots[version] is None:
+            from cgshim.hierarchy import hierarchy
+
+            h = hierarchy()
+            mount = h.v1_mount("cpu") if version == 1 else h.v2
+            if mount is None:
+                raise TestbedError(f"this host has no cgroup v{version} hierarchy for tests")
+            self._roots[version] = mount.mount_point
+        return self._roots[version]
+
+    def cgroup(self, version, parent=None, name=None):
+        """Create a cgroup (v1 cpu or cgroup2) and return its absolute directory path.
+
+        ``parent`` must be a cgroup this test bed created (or None for a top-level one).
+        """
+        if parent is None:
+            parent = self.root(version)
+        elif parent not in self._cgroups:
+            raise TestbedError(f"{parent} was not created by this test bed")
+        if name is None:
+            name = f"{self._tag}-{next(_counter)}" if parent == self.root(version) else f"c{next(_counter)}"
+        path = os.path.join(parent, name)
+        try:
+            os.mkdir(path)
+        except PermissionError as exc:
+            raise TestbedError(f"cannot create {path}: {exc} (tests with real cgroups need root)") from exc
+        self._cgroups.append(path)
+        return path
+
+    def spawn(self, *, busy=False, cgroups=(), settle=True, **threads):
+        """Start a worker with ``busy`` main thread and N threads per kind (pipe=2, futex=3, ...),
+        move it into each of ``cgroups`` and wait until its threads settle in their states."""
+        unknown = set(threads) - set(SLEEPER_KINDS)
+        if unknown:
+            raise TestbedError(f"unknown thread kinds {sorted(unknown)}; known: {SLEEPER_KINDS}")
+        spec = {"busy": bool(busy), "threads": {k: int(n) for k, n in threads.items() if n}}
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _WORKER, json.dumps(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+        )
+        worker = Worker(proc, {})
+        self.workers.append(worker)
+        line = proc.stdout.readline()
+        if not line:
+            raise TestbedError(f"worker {proc.pid} died before reporting its threads")
+        report = json.loads(line)
+        worker.roles = {tid: kind for kind, tid in [report["main"]] + report["threads"]}
+        for cg in cgroups:
+            self.move(worker, cg)
+        if settle:
+            worker.wait_settled()
+        return worker
+
+    def move(self, worker, cgroup):
+        """Move all of a worker's threads into a cgroup this test bed made."""
+        if cgroup not in self._cgroups:
+            raise TestbedError(f"{cgroup} was not created by this test bed")
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(worker.pid))
+
+    def close(self):
+        errors = []
+        for worker in self.workers:
+            try:
+                worker.kill()
+            except Exception as exc:  # keep cleaning up
+                errors.append(exc)
+        self.workers.clear()
+        for path in reversed(self._cgroups):
+            for attempt in range(200):
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or attempt == 199:
+                        errors.append(exc)
+                        break
+                    time.sleep(0.01)
+        self._cgroups.clear()
+        if errors:
+            raise TestbedError(f"cleanup left things behind: {errors}")
