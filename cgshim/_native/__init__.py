@@ -1,11 +1,21 @@
-"""cgshim's C core, compiled by cffi from netlink.c and procscan.c.
+"""cgshim's C core: ``_netlink`` (netlink.c) and ``_procscan`` (procscan.c), built by cffi.
 
-``ffi`` and ``lib`` are None when the extension is not built or cannot load;
-``load_error`` then says why (callers fall back to pure-Python paths).
+``netlink`` and ``procscan`` are the loaded cffi modules (with ``.ffi`` and ``.lib``), or
+None when that extension is not built or cannot load; ``load_errors`` then says why, and
+callers fall back to the pure-Python paths.
 """
-try:
-    from ._core import ffi, lib  # noqa: F401
-    load_error = None
-except ImportError as exc:  # not built, or built for another interpreter
-    ffi = lib = None
-    load_error = exc
+import importlib
+
+load_errors = {}
+
+
+def _load(name):
+    try:
+        return importlib.import_module(f"cgshim._native._{name}")
+    except ImportError as exc:  # not built, or built for another interpreter
+        load_errors[name] = exc
+        return None
+
+
+netlink = _load("netlink")
+procscan = _load("procscan")

@@ -1,35 +1,54 @@
-"""cffi build script (out-of-line API mode) for cgshim's C core, ``cgshim._native._core``.
+"""cffi build scripts (out-of-line API mode) for cgshim's C core.
 
-Each C unit has a header holding only what cffi's cdef understands (integer
-#defines, structs, prototypes; no include guards), so the same text declares the
-API to cffi and to the compiler. Set CGSHIM_SANITIZE=1 to build with
-AddressSanitizer + UBSan (used by CI's fuzz run).
+Two small extensions, one job each: ``cgshim._native._netlink`` (netlink.c: taskstats
+and cgroupstats over generic netlink) and ``cgshim._native._procscan`` (procscan.c: the
+per-thread /proc state scan). Each unit's header holds only what cffi's cdef understands
+(integer #defines, structs, prototypes; no include guards), so one text declares the API
+to cffi and to the compiler.
+
+Set CGSHIM_SANITIZE=1 to build with AddressSanitizer + UBSan (CI's fuzz run).
+Build one unit in place while developing: ``python cgshim/_native/build.py netlink``.
 """
 import os
+import sys
 
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-UNITS = ["netlink", "procscan"]
+TOP = os.path.dirname(os.path.dirname(HERE))
 
-ffibuilder = FFI()
-ffibuilder.cdef("\n".join(open(os.path.join(HERE, u + ".h")).read() for u in UNITS))
 
-_cflags = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"]
-_ldflags = []
-if os.environ.get("CGSHIM_SANITIZE") == "1":
-    _cflags += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
-                "-fno-sanitize-recover=undefined"]
-    _ldflags += ["-fsanitize=address,undefined"]
+def _flags():
+    cflags = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    ldflags = []
+    if os.environ.get("CGSHIM_SANITIZE") == "1":
+        cflags += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+                   "-fno-sanitize-recover=undefined"]
+        ldflags += ["-fsanitize=address,undefined"]
+    return cflags, ldflags
 
-ffibuilder.set_source(
-    "cgshim._native._core",
-    "".join(f'#include "{u}.h"\n' for u in UNITS),
-    sources=[os.path.relpath(os.path.join(HERE, u + ".c")) for u in UNITS],
-    include_dirs=[HERE],
-    extra_compile_args=_cflags,
-    extra_link_args=_ldflags,
-)
+
+def _unit(name):
+    header = os.path.join(HERE, name + ".h")
+    builder = FFI()
+    with open(header) as f:
+        builder.cdef(f.read())
+    cflags, ldflags = _flags()
+    builder.set_source(
+        f"cgshim._native._{name}",
+        f'#include "{name}.h"\n',
+        sources=[os.path.relpath(os.path.join(HERE, name + ".c"), TOP)],
+        include_dirs=[HERE],
+        extra_compile_args=cflags,
+        extra_link_args=ldflags,
+    )
+    return builder
+
+
+netlink = _unit("netlink")
+procscan = _unit("procscan")
 
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    os.chdir(TOP)
+    for unit in sys.argv[1:] or ["netlink", "procscan"]:
+        globals()[unit].compile(tmpdir=TOP, verbose=True)
