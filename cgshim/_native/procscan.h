@@ -2,16 +2,37 @@
  * cgroupstats_build() (kernel/cgroup/cgroup-v1.c) classifies them.
  *
  * Input is a thread list as the kernel prints it in cgroup.threads (v2) or
- * tasks (v1): decimal tids, one per line, unordered, possibly repeated.
- * For each distinct tid the state letter is read from
- * <proc>/<tid>/task/<tid>/stat (field 3, after the last ')'); R, S, D, T go to
- * the four counters, any other letter to nr_other. Threads that exit during the
- * scan (ENOENT/ESRCH) are counted in nr_vanished, not as errors.
+ * tasks (v1): decimal tids, one per line, unordered, possibly repeated; each
+ * distinct tid is counted once. Empty lines are skipped. A "0" line (a task
+ * with no pid in the reader's pid namespace; kernels before the SEQ_SKIP fix
+ * in cgroup_procs_show() print it) is counted in nr_hidden, once per line. Any
+ * other line (sign, blank, non-digit, > INT32_MAX) makes the list invalid: EINVAL.
  *
- * A scanner keeps up to max_fds stat files open between scans (keyed by tid) so
- * that a repeated scan costs one pread per thread. A cached fd is bound to the
- * task it was opened for: once that task exits the read fails with ESRCH and the
- * fd is closed and reopened by path, so pid reuse cannot give a stale answer.
+ * For each distinct tid the state letter is read from
+ * <proc>/<tid>/task/<tid>/stat (fs/proc/base.c: tid_base_stuff; the first
+ * component may be any tid, not only a thread-group leader, and the file is
+ * the per-thread one, not the O(threads) whole-process /proc/<tid>/stat);
+ * R, S, D, T go to the four counters, any other letter to nr_other. Threads
+ * that exit during the scan (ENOENT/ESRCH, also between open and read) are
+ * counted in nr_vanished, EACCES/EPERM in nr_denied; any other error ends the
+ * scan with that errno. So after a successful scan
+ *   running + sleeping + uninterruptible + stopped + other + vanished + denied
+ *   == nr_listed.
+ *
+ * Cache: a scanner keeps up to max_fds stat files open between scans, in an
+ * open-addressing table keyed by tid (no global state), so that a repeated
+ * scan costs one pread per thread. A cached fd is bound to the task it was
+ * opened for: once that task exits the pread fails with ESRCH, the fd is closed
+ * and the tid reopened by path, so pid reuse yields the new task, never a
+ * stale state. Each entry remembers the last scan that listed its tid. When
+ * the table holds max_fds fds and a new tid needs one, a sweep closes the
+ * entries least recently listed (whole scans at a time, oldest first, until at
+ * least a quarter of the table is free or every entry not listed in the
+ * current scan is gone); entries listed in the current scan are never
+ * evicted, and a tid that finds no room is read uncached (open, pread, close).
+ * So at most max_fds fds are ever held, and fds of threads that died and are
+ * never listed again are closed by the next sweep (or drop_cache/free).
+ *
  * A scanner is not thread-safe: callers serialise use of one scanner.
  * Functions return 0 or a positive errno value.
  */
@@ -21,19 +42,22 @@ struct cg_scan_counts {
     uint64_t nr_uninterruptible; /* D */
     uint64_t nr_stopped;         /* T */
     uint64_t nr_other;           /* any other letter: I, t, Z, X, P, ... */
-    uint64_t nr_listed;          /* distinct tids in the list */
+    uint64_t nr_listed;          /* distinct tids (other than 0) in the list */
     uint64_t nr_vanished;        /* exited before their state was read */
     uint64_t nr_denied;          /* EACCES/EPERM on the stat file */
+    uint64_t nr_hidden;          /* "0" lines: tasks without a pid in this pid namespace */
 };
 
 struct cg_scanner;
 
 /* proc_dirfd: an open directory fd of the proc root (dup'ed; the caller keeps
- * its own). max_fds: most stat fds kept open between scans (0: none). */
+ * its own). max_fds: most stat fds kept open between scans (0: none; at most
+ * 1 << 24, else EINVAL). */
 int cg_scanner_new(int proc_dirfd, uint32_t max_fds, struct cg_scanner **out);
 void cg_scanner_free(struct cg_scanner *sc);
 
-/* Read the whole thread list from list_fd (pread from offset 0 to EOF) and scan. */
+/* Read the whole thread list from list_fd (pread from offset 0 to EOF) and scan.
+ * Errors of the read (e.g. ENODEV: the cgroup was removed) are returned as is. */
 int cg_scanner_scan_fd(struct cg_scanner *sc, int list_fd, struct cg_scan_counts *out);
 
 /* Scan a thread list already in memory. EINVAL if it is not a tid list. */
@@ -44,6 +68,7 @@ int cg_scanner_scan_buf(struct cg_scanner *sc, const char *list, size_t len,
 uint32_t cg_scanner_cached_fds(struct cg_scanner *sc);
 void cg_scanner_drop_cache(struct cg_scanner *sc);
 
-/* State letter of one /proc/<pid>/stat line: the first non-blank byte after the
- * last ')'. Returns the letter (> 0) or -EINVAL if there is none. */
+/* State letter of one /proc/<pid>/stat line: the first byte after the last ')'
+ * that is not a space or tab. Returns the letter (> 0) or -EINVAL if there is no
+ * ')' or what follows it is not an ASCII letter. */
 int cg_stat_state(const char *buf, size_t len);

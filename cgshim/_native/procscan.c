@@ -1,0 +1,451 @@
+/* procscan.c: per-thread state scan of a cgroup's thread list (see procscan.h).
+ *
+ * Kernel facts used here:
+ *  - fs/proc/array.c do_task_stat(): "<pid> (<comm>) <state> ..."; comm may hold
+ *    any byte but NUL, so the state is found after the last ')'. Every field after
+ *    the state is numeric, so a prefix of the line that contains the state gives
+ *    the same answer as the whole line.
+ *  - fs/proc/base.c: proc_pid_lookup() accepts any tid as the first component and
+ *    proc_task_lookup() then finds that tid in its thread group, so
+ *    <proc>/<tid>/task/<tid>/stat is the per-thread stat file (proc_tid_stat).
+ *  - A read of a /proc/<pid>/... file whose task has exited fails with ESRCH
+ *    (proc_single_show: get_pid_task() == NULL); the fd stays bound to the old
+ *    struct pid, so a reused tid can never answer through it.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "procscan.h"
+
+#define MAX_FDS_LIMIT (1u << 24)
+#define STAT_PREFIX 512     /* enough for pid, comm (<= 64 bytes) and the state */
+#define LIST_INITIAL 16384
+#define AGE_BUCKETS 64      /* sweep ages are counted in scans, capped here */
+
+struct entry {
+    int32_t tid;            /* 0: empty slot */
+    int32_t fd;
+    uint64_t seen;          /* epoch of the last scan that listed tid */
+};
+
+struct cg_scanner {
+    int proc_fd;
+    uint32_t max_fds;
+    uint32_t nfds;          /* entries in tab; each holds one open fd */
+    uint32_t cap;           /* slots in tab: 0 or a power of two >= 2 * nfds */
+    struct entry *tab;
+    uint64_t epoch;         /* scans started */
+    uint64_t swept_all;     /* epoch in which a sweep found nothing more to evict */
+    char *list;             /* thread list read by scan_fd */
+    size_t list_cap;
+    int32_t *set;           /* per-scan set of distinct tids (0 = empty) */
+    size_t set_cap;
+    int32_t *tids;          /* per-scan distinct tids, in list order */
+    size_t tids_cap;
+};
+
+static inline uint32_t tid_hash(int32_t tid)
+{
+    return (uint32_t)tid * 2654435761u;
+}
+
+/* ---- the fd cache: linear probing, load factor <= 1/2 ---- */
+
+static long cache_find(const struct cg_scanner *sc, int32_t tid)
+{
+    if (sc->cap == 0)
+        return -1;
+    uint32_t mask = sc->cap - 1;
+    for (uint32_t i = tid_hash(tid) & mask;; i = (i + 1) & mask) {
+        if (sc->tab[i].tid == tid)
+            return i;
+        if (sc->tab[i].tid == 0)
+            return -1;
+    }
+}
+
+static void table_put(struct entry *tab, uint32_t cap, struct entry e)
+{
+    uint32_t mask = cap - 1;
+    uint32_t i = tid_hash(e.tid) & mask;
+    while (tab[i].tid != 0)
+        i = (i + 1) & mask;
+    tab[i] = e;
+}
+
+/* Remove slot i without tombstones (backward-shift deletion). */
+static void cache_delete(struct cg_scanner *sc, uint32_t i)
+{
+    uint32_t mask = sc->cap - 1;
+    uint32_t j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (sc->tab[j].tid == 0)
+            break;
+        uint32_t home = tid_hash(sc->tab[j].tid) & mask;
+        /* Entry j may move to the hole at i unless its home lies in (i, j]. */
+        int stays = (i <= j) ? (i < home && home <= j) : (i < home || home <= j);
+        if (stays)
+            continue;
+        sc->tab[i] = sc->tab[j];
+        i = j;
+    }
+    sc->tab[i].tid = 0;
+    sc->tab[i].fd = -1;
+    sc->nfds--;
+}
+
+static uint32_t table_cap_for(uint32_t max_fds)
+{
+    uint32_t cap = 16;
+    while (cap < 2 * (uint64_t)max_fds)
+        cap <<= 1;
+    return cap;
+}
+
+/* Rebuild into a table of new_cap slots, closing entries with age >= min_age
+ * (min_age 0: keep everything). 0 or ENOMEM (then nothing changed). */
+static int cache_rebuild(struct cg_scanner *sc, uint32_t new_cap, uint64_t min_age)
+{
+    struct entry *tab = calloc(new_cap, sizeof *tab);
+    if (tab == NULL)
+        return ENOMEM;
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < sc->cap; i++) {
+        struct entry e = sc->tab[i];
+        if (e.tid == 0)
+            continue;
+        if (min_age > 0 && sc->epoch - e.seen >= min_age) {
+            close(e.fd);
+            continue;
+        }
+        table_put(tab, new_cap, e);
+        kept++;
+    }
+    free(sc->tab);
+    sc->tab = tab;
+    sc->cap = new_cap;
+    sc->nfds = kept;
+    return 0;
+}
+
+/* The table is full: close the least recently listed entries, whole scans at a
+ * time, until a quarter of max_fds is free or nothing listed before this scan
+ * is left. Entries listed in the current scan (age 0) stay. */
+static void cache_sweep(struct cg_scanner *sc)
+{
+    if (sc->swept_all == sc->epoch)
+        return;             /* everything evictable is already gone */
+    uint32_t hist[AGE_BUCKETS] = {0};
+    for (uint32_t i = 0; i < sc->cap; i++) {
+        if (sc->tab[i].tid == 0)
+            continue;
+        uint64_t age = sc->epoch - sc->tab[i].seen;
+        hist[age < AGE_BUCKETS ? age : AGE_BUCKETS - 1]++;
+    }
+    uint32_t want = sc->max_fds / 4 ? sc->max_fds / 4 : 1;
+    uint32_t freed = 0;
+    uint64_t min_age = 1;
+    for (uint64_t age = AGE_BUCKETS - 1; age >= 1; age--) {
+        freed += hist[age];
+        if (freed >= want) {
+            min_age = age;
+            break;
+        }
+    }
+    if (freed == 0 || min_age == 1)
+        sc->swept_all = sc->epoch;
+    if (freed == 0)
+        return;
+    cache_rebuild(sc, sc->cap, min_age);    /* ENOMEM: stay full, read uncached */
+}
+
+/* Keep fd for tid if there is room; otherwise close it. */
+static void cache_offer(struct cg_scanner *sc, int32_t tid, int fd)
+{
+    if (sc->nfds >= sc->max_fds)
+        cache_sweep(sc);
+    if (sc->nfds >= sc->max_fds) {
+        close(fd);
+        return;
+    }
+    if (2 * (uint64_t)(sc->nfds + 1) > sc->cap) {
+        uint32_t cap = sc->cap ? sc->cap * 2 : 16;
+        uint32_t limit = table_cap_for(sc->max_fds);
+        if (cap > limit)
+            cap = limit;
+        if (cap <= sc->cap || cache_rebuild(sc, cap, 0) != 0) {
+            close(fd);
+            return;
+        }
+    }
+    struct entry e = { .tid = tid, .fd = fd, .seen = sc->epoch };
+    table_put(sc->tab, sc->cap, e);
+    sc->nfds++;
+}
+
+/* ---- public API ---- */
+
+int cg_stat_state(const char *buf, size_t len)
+{
+    const char *close_paren = memrchr(buf, ')', len);
+    if (close_paren == NULL)
+        return -EINVAL;
+    const char *p = close_paren + 1, *end = buf + len;
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    if (p == end)
+        return -EINVAL;
+    unsigned char c = (unsigned char)*p;
+    if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')))
+        return -EINVAL;
+    return c;
+}
+
+int cg_scanner_new(int proc_dirfd, uint32_t max_fds, struct cg_scanner **out)
+{
+    if (out == NULL || max_fds > MAX_FDS_LIMIT)
+        return EINVAL;
+    struct cg_scanner *sc = calloc(1, sizeof *sc);
+    if (sc == NULL)
+        return ENOMEM;
+    sc->proc_fd = fcntl(proc_dirfd, F_DUPFD_CLOEXEC, 0);
+    if (sc->proc_fd < 0) {
+        int err = errno;
+        free(sc);
+        return err;
+    }
+    sc->max_fds = max_fds;
+    sc->swept_all = UINT64_MAX;
+    *out = sc;
+    return 0;
+}
+
+void cg_scanner_drop_cache(struct cg_scanner *sc)
+{
+    for (uint32_t i = 0; i < sc->cap; i++)
+        if (sc->tab[i].tid != 0)
+            close(sc->tab[i].fd);
+    free(sc->tab);
+    sc->tab = NULL;
+    sc->cap = 0;
+    sc->nfds = 0;
+}
+
+void cg_scanner_free(struct cg_scanner *sc)
+{
+    if (sc == NULL)
+        return;
+    cg_scanner_drop_cache(sc);
+    close(sc->proc_fd);
+    free(sc->list);
+    free(sc->set);
+    free(sc->tids);
+    free(sc);
+}
+
+uint32_t cg_scanner_cached_fds(struct cg_scanner *sc)
+{
+    return sc->nfds;
+}
+
+static ssize_t pread_retry(int fd, void *buf, size_t len, off_t off)
+{
+    ssize_t n;
+    do
+        n = pread(fd, buf, len, off);
+    while (n < 0 && errno == EINTR);
+    return n;
+}
+
+static int tally(struct cg_scan_counts *c, const char *buf, size_t len)
+{
+    int st = cg_stat_state(buf, len);
+    switch (st) {
+    case 'R': c->nr_running++; break;
+    case 'S': c->nr_sleeping++; break;
+    case 'D': c->nr_uninterruptible++; break;
+    case 'T': c->nr_stopped++; break;
+    default:
+        if (st < 0)
+            return EBADMSG;     /* the kernel printed no state after the comm */
+        c->nr_other++;
+    }
+    return 0;
+}
+
+/* Classify an errno of opening or reading a stat file: 1 counted, 0 not ours. */
+static int count_gone(struct cg_scan_counts *c, int err)
+{
+    if (err == ENOENT || err == ESRCH) {
+        c->nr_vanished++;
+        return 1;
+    }
+    if (err == EACCES || err == EPERM) {
+        c->nr_denied++;
+        return 1;
+    }
+    return 0;
+}
+
+static int scan_tid(struct cg_scanner *sc, int32_t tid, struct cg_scan_counts *c)
+{
+    char buf[STAT_PREFIX];
+    ssize_t n;
+    long slot = cache_find(sc, tid);
+    if (slot >= 0) {
+        struct entry *e = &sc->tab[slot];
+        e->seen = sc->epoch;
+        n = pread_retry(e->fd, buf, sizeof buf, 0);
+        if (n >= 0)
+            return tally(c, buf, (size_t)n);
+        /* Dead task (ESRCH) or anything else: forget this fd, ask by path. */
+        close(e->fd);
+        cache_delete(sc, (uint32_t)slot);
+    }
+
+    char path[48];
+    snprintf(path, sizeof path, "%d/task/%d/stat", (int)tid, (int)tid);
+    int fd;
+    do
+        fd = openat(sc->proc_fd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+        int err = errno;
+        return count_gone(c, err) ? 0 : err;
+    }
+    n = pread_retry(fd, buf, sizeof buf, 0);
+    if (n < 0) {
+        int err = errno;
+        close(fd);
+        return count_gone(c, err) ? 0 : err;
+    }
+    int err = tally(c, buf, (size_t)n);
+    if (err != 0 || sc->max_fds == 0)
+        close(fd);
+    else
+        cache_offer(sc, tid, fd);
+    return err;
+}
+
+/* Parse the list into sc->tids (distinct, non-zero) and count "0" lines.
+ * Nothing is read from /proc until the whole list is known to be valid. */
+static int parse_list(struct cg_scanner *sc, const char *list, size_t len,
+                      size_t *ntids, uint64_t *hidden)
+{
+    size_t lines = 1;
+    for (const char *p = list; (p = memchr(p, '\n', (size_t)(list + len - p))) != NULL; p++)
+        lines++;
+    size_t set_cap = 16;
+    while (set_cap < 2 * lines) {
+        if (set_cap > SIZE_MAX / 4 / sizeof(int32_t))
+            return ENOMEM;
+        set_cap <<= 1;
+    }
+    if (set_cap > sc->set_cap) {
+        int32_t *set = malloc(set_cap * sizeof *set);
+        if (set == NULL)
+            return ENOMEM;
+        free(sc->set);
+        sc->set = set;
+        sc->set_cap = set_cap;
+    }
+    if (lines > sc->tids_cap) {
+        int32_t *tids = malloc(lines * sizeof *tids);
+        if (tids == NULL)
+            return ENOMEM;
+        free(sc->tids);
+        sc->tids = tids;
+        sc->tids_cap = lines;
+    }
+    memset(sc->set, 0, set_cap * sizeof *sc->set);
+    size_t mask = set_cap - 1, n = 0;
+    uint64_t zeros = 0;
+    const char *p = list, *end = list + len;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        if (eol == NULL)
+            eol = end;
+        if (eol == p) {         /* empty line */
+            p = eol + 1;
+            continue;
+        }
+        int64_t v = 0;
+        for (const char *q = p; q < eol; q++) {
+            if (*q < '0' || *q > '9')
+                return EINVAL;
+            v = v * 10 + (*q - '0');
+            if (v > INT32_MAX)
+                return EINVAL;
+        }
+        p = eol + 1;
+        if (v == 0) {
+            zeros++;
+            continue;
+        }
+        int32_t tid = (int32_t)v;
+        size_t i = tid_hash(tid) & mask;
+        while (sc->set[i] != 0 && sc->set[i] != tid)
+            i = (i + 1) & mask;
+        if (sc->set[i] == tid)
+            continue;           /* repeated */
+        sc->set[i] = tid;
+        sc->tids[n++] = tid;
+    }
+    *ntids = n;
+    *hidden = zeros;
+    return 0;
+}
+
+int cg_scanner_scan_buf(struct cg_scanner *sc, const char *list, size_t len,
+                        struct cg_scan_counts *out)
+{
+    struct cg_scan_counts c;
+    memset(&c, 0, sizeof c);
+    memset(out, 0, sizeof *out);
+    size_t n;
+    int err = parse_list(sc, list, len, &n, &c.nr_hidden);
+    if (err != 0)
+        return err;
+    sc->epoch++;
+    c.nr_listed = n;
+    for (size_t i = 0; i < n; i++) {
+        err = scan_tid(sc, sc->tids[i], &c);
+        if (err != 0)
+            return err;
+    }
+    *out = c;
+    return 0;
+}
+
+int cg_scanner_scan_fd(struct cg_scanner *sc, int list_fd, struct cg_scan_counts *out)
+{
+    size_t len = 0;
+    memset(out, 0, sizeof *out);
+    for (;;) {
+        if (len == sc->list_cap) {
+            size_t cap = sc->list_cap ? sc->list_cap * 2 : LIST_INITIAL;
+            if (cap < sc->list_cap)
+                return ENOMEM;
+            char *buf = realloc(sc->list, cap);
+            if (buf == NULL)
+                return ENOMEM;
+            sc->list = buf;
+            sc->list_cap = cap;
+        }
+        ssize_t r = pread_retry(list_fd, sc->list + len, sc->list_cap - len, (off_t)len);
+        if (r < 0)
+            return errno;
+        if (r == 0)
+            break;
+        len += (size_t)r;
+    }
+    return cg_scanner_scan_buf(sc, sc->list, len, out);
+}
