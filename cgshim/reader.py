@@ -1,0 +1,312 @@
+"""Reader: the one place that chooses how a cgroup's CPU load is read.
+
+Backend chain, per cgroup:
+
+1. ``netlink`` -- CGROUPSTATS_CMD_GET (kernel/taskstats.c, cgroupstats_build() in
+   kernel/cgroup/cgroup-v1.c) on the cgroup's directory, when it is on a v1 hierarchy and
+   the TASKSTATS family answers.
+2. ``scan`` -- the state of each thread listed in ``cgroup.threads`` (v2) or ``tasks``
+   (v1), read from /proc/<tid>/task/<tid>/stat by the C scanner: on cgroup2, or on v1 when
+   netlink is unavailable (no TASKSTATS family, ENOENT outside the host network namespace
+   on older kernels, EPERM, a socket that cannot be made).
+3. ``psi`` -- when the threads cannot be enumerated (permission denied on the list or the
+   stat files, or none of the tids visible in this pid namespace): counts are None.
+
+``pressure`` comes from ``cpu.pressure`` of the cgroup2 directory (on a hybrid host, the
+v1 cgroup's twin in the unified hierarchy, when it exists).
+
+A Reader holds what makes repeated reads cheap: one netlink socket with its family id,
+the resolution of each path, and open fds (the v1 directory for CGROUPSTATS, the
+cpu.pressure file, the scanner's stat fds). A cached fd of a cgroup that has been removed
+answers ENOENT/ENODEV; the entry is then dropped and the path resolved anew, so a
+re-created cgroup of the same name is read correctly and a gone one raises CgroupNotFound.
+"""
+import collections
+import errno
+import os
+import threading
+import time
+
+from . import cgroupfs, netlink, psi
+# from-imports: the package rebinds the name ``cgshim.hierarchy`` to the function.
+from .hierarchy import hierarchy as _load_hierarchy, resolve as _resolve, twin_v2 as _twin_v2
+from .errors import CgroupNotFound, CgshimError, NetlinkError, NetlinkTimeout, PermissionDenied
+from .model import CpuLoad
+from .procstat import Scanner
+
+_LIST_FILE = {1: "tasks", 2: "cgroup.threads"}
+_GONE = (errno.ENOENT, errno.ENODEV)
+# Errors that mean "netlink cannot serve this host/process", remembered for the Reader's life.
+_NETLINK_DOWN = (errno.ENOENT, errno.EPERM, errno.EACCES, errno.EPROTONOSUPPORT,
+                 errno.EAFNOSUPPORT, errno.ESOCKTNOSUPPORT)
+_COUNT_FIELDS = ("nr_running", "nr_sleeping", "nr_uninterruptible", "nr_stopped", "nr_io_wait")
+_NO_COUNTS = dict.fromkeys(_COUNT_FIELDS)
+
+
+class _Target:
+    """A resolved cgroup and the fds held open to read it."""
+
+    __slots__ = ("resolved", "dir_fd", "psi_fd", "psi_checked")
+
+    def __init__(self, resolved):
+        self.resolved = resolved
+        self.dir_fd = None
+        self.psi_fd = None
+        self.psi_checked = None  # monotonic time of the last look for a cpu.pressure file
+
+    def close(self):
+        for fd in (self.dir_fd, self.psi_fd):
+            if fd is not None:
+                os.close(fd)
+        self.dir_fd = self.psi_fd = None
+
+
+class Reader:
+    """A long-lived, thread-safe reader of cgroup CPU load (see the module docstring).
+
+    - ``netlink=False`` never uses CGROUPSTATS: counts on v1 then come from the scan too,
+      with the /proc meaning of every state (see :class:`cgshim.CpuLoad`).
+    - ``pressure=False`` skips cpu.pressure (``CpuLoad.pressure`` is None).
+    - ``proc_root`` and ``mountinfo`` name the /proc to read (e.g. a host's /proc
+      mounted into a container).
+    - ``timeout`` bounds each netlink request, in seconds.
+    - ``max_cgroups`` bounds the resolved cgroups kept with their open fds (least recently
+      used are closed first); ``max_fds`` bounds the scanner's held-open stat files.
+    """
+
+    #: how long a cgroup without a cpu.pressure file waits before looking again, seconds
+    PRESSURE_RECHECK = 5.0
+
+    def __init__(self, *, netlink=True, pressure=True, proc_root="/proc",
+                 mountinfo="/proc/self/mountinfo", timeout=1.0, max_cgroups=1024, max_fds=4096):
+        self.hierarchy = _load_hierarchy(mountinfo)
+        self._use_netlink = netlink
+        self._use_pressure = pressure
+        self._timeout = timeout
+        self._max_cgroups = max_cgroups
+        self._lock = threading.Lock()
+        self._targets = collections.OrderedDict()  # path as given -> _Target
+        self._sock = None
+        self._netlink_down = None if netlink else "netlink disabled by the caller"
+        self._scanner = Scanner(proc_root, max_fds)
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------
+    def close(self):
+        """Close the netlink socket and every held fd. Idempotent."""
+        with self._lock:
+            self._closed = True
+            for target in self._targets.values():
+                target.close()
+            self._targets.clear()
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        self._scanner.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def netlink_unavailable(self):
+        """Why netlink is not used by this Reader, or None while it is."""
+        return self._netlink_down
+
+    # -- the public read ------------------------------------------------------------
+    def cpu_load(self, path, *, recursive=False):
+        """Read one cgroup: an absolute directory on a cgroup mount, or a cgroup-relative
+        name such as ``/kubepods.slice/...`` (see :func:`cgshim.hierarchy.resolve`).
+
+        ``recursive=True`` adds the counts of every descendant cgroup (a pod as the sum of
+        its containers); by default only the cgroup's own tasks count, as in the kernel.
+        Raises CgroupNotFound, NotACgroup, PermissionDenied (a CgshimError each).
+        """
+        target = self._target(path)
+        try:
+            counts, source, reason = self._counts(target)
+        except CgroupNotFound:
+            # A cached resolution may be stale (removed, maybe re-created): resolve anew once.
+            self._forget(path)
+            target = self._target(path)
+            counts, source, reason = self._counts(target)
+        if recursive and counts is not None:
+            counts, reason = self._add_descendants(target, counts, source, reason)
+        pressure = self._pressure(target) if self._use_pressure else None
+        fields = _NO_COUNTS if counts is None else dict(zip(_COUNT_FIELDS, counts))
+        return CpuLoad(
+            path=target.resolved.path, cgroup_version=target.resolved.version, source=source,
+            pressure=pressure, timestamp=time.monotonic(), reason=reason, **fields,
+        )
+
+    # -- resolution cache ---------------------------------------------------------------
+    def _target(self, path):
+        with self._lock:
+            if self._closed:
+                raise CgshimError("this Reader is closed")
+            target = self._targets.get(path)
+            if target is not None:
+                self._targets.move_to_end(path)
+                return target
+        resolved = _resolve(path, self.hierarchy)
+        target = _Target(resolved)
+        with self._lock:
+            if path in self._targets:  # another thread won the race
+                target.close()
+                return self._targets[path]
+            self._targets[path] = target
+            while len(self._targets) > self._max_cgroups:
+                self._targets.popitem(last=False)[1].close()
+        return target
+
+    def _forget(self, path):
+        with self._lock:
+            target = self._targets.pop(path, None)
+        if target is not None:
+            target.close()
+
+    # -- backends -------------------------------------------------------------------------
+    def _counts(self, target):
+        """Return (counts tuple or None, source, reason): the backend chain."""
+        reason = None
+        if target.resolved.version == 1:
+            if self._netlink_down is None:
+                try:
+                    return self._netlink_counts(target), "netlink", None
+                except NetlinkTimeout as exc:
+                    reason = f"netlink: {exc}; counted by scan instead"
+                except NetlinkError as exc:
+                    if exc.errno in _GONE:
+                        raise CgroupNotFound(f"{target.resolved.path}: cgroup was removed") from exc
+                    reason = f"netlink: {exc}; counted by scan instead"
+            else:
+                reason = f"netlink unavailable ({self._netlink_down})"
+        try:
+            return self._scan_counts(target), "scan", reason
+        except PermissionDenied as exc:
+            why = f"threads cannot be enumerated: {exc}"
+        except _NotVisible as exc:
+            why = str(exc)
+        return None, "psi", why if reason is None else f"{reason}; {why}"
+
+    def _netlink_counts(self, target):
+        sock = self._socket()
+        if target.dir_fd is None:
+            target.dir_fd = _open_dir(target.resolved.path)
+        c = sock.cgroupstats(target.dir_fd)
+        return (c.nr_running, c.nr_sleeping, c.nr_uninterruptible, c.nr_stopped, c.nr_io_wait)
+
+    def _socket(self):
+        sock = self._sock
+        if sock is not None:
+            return sock
+        with self._lock:
+            if self._sock is None and self._netlink_down is None:
+                try:
+                    sock = netlink.open_socket(self._timeout)
+                    sock.family_id  # noqa: B018 -- resolves the family now, once
+                except NetlinkError as exc:
+                    if exc.errno in _NETLINK_DOWN:
+                        self._netlink_down = str(exc)
+                    raise
+                except OSError as exc:
+                    self._netlink_down = f"netlink socket: {exc}"
+                    raise NetlinkError(exc.errno or errno.EIO, self._netlink_down) from exc
+                self._sock = sock
+            if self._sock is None:
+                raise NetlinkError(errno.ENOENT, self._netlink_down)
+            return self._sock
+
+    def _scan_counts(self, target):
+        resolved = target.resolved
+        counts = self._scanner.scan_file(os.path.join(resolved.path, _LIST_FILE[resolved.version]))
+        if counts.nr_listed and counts.nr_listed == counts.nr_vanished:
+            # Either every thread exited in between, or none of the tids is visible in this
+            # pid namespace. Look once more: a live cgroup cannot vanish twice in a row.
+            counts = self._scanner.scan_file(os.path.join(resolved.path, _LIST_FILE[resolved.version]))
+            if counts.nr_listed and counts.nr_listed == counts.nr_vanished:
+                raise _NotVisible(f"none of the {counts.nr_listed} listed threads is visible "
+                                  f"in this pid namespace's /proc")
+        if counts.nr_denied:
+            raise PermissionDenied(f"{counts.nr_denied} thread stat files of {resolved.path} "
+                                   f"are not readable")
+        return (counts.nr_running, counts.nr_sleeping, counts.nr_uninterruptible,
+                counts.nr_stopped, None)
+
+    def _add_descendants(self, target, counts, source, reason):
+        if target.resolved.version == 2 and cgroupfs.nr_descendants(target.resolved.path) == 0:
+            return counts, reason
+        total = list(counts)
+        for child in cgroupfs.walk(target.resolved.path):
+            try:
+                part, child_source, child_reason = self._counts(self._target(child))
+            except CgroupNotFound:
+                self._forget(child)
+                continue  # removed while we walked
+            if part is None:
+                raise PermissionDenied(f"{child}: {child_reason}")
+            if child_source != source and reason is None:
+                reason = f"{child}: {child_reason}"
+            total = [None if a is None or b is None else a + b for a, b in zip(total, part)]
+        return tuple(total), reason
+
+    def _pressure(self, target):
+        if target.psi_fd is None:
+            now = time.monotonic()
+            if target.psi_checked is not None and now - target.psi_checked < self.PRESSURE_RECHECK:
+                return None
+            target.psi_checked = now
+            resolved = target.resolved
+            v2_dir = resolved.path if resolved.version == 2 else _twin_v2(resolved, self.hierarchy)
+            if v2_dir is None:
+                return None
+            try:
+                target.psi_fd = os.open(os.path.join(v2_dir, "cpu.pressure"), os.O_RDONLY | os.O_CLOEXEC)
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
+                return None
+        try:
+            data = os.pread(target.psi_fd, 4096, 0)
+        except OSError as exc:
+            fd, target.psi_fd = target.psi_fd, None
+            os.close(fd)
+            if exc.errno in (errno.EOPNOTSUPP, *_GONE):
+                return None  # PSI switched off, or the twin was removed
+            raise PermissionDenied(f"cpu.pressure of {target.resolved.path}: {exc}") from exc
+        return psi.parse_pressure(data.decode("ascii", "replace"))
+
+
+class _NotVisible(CgshimError):
+    """Internal: the cgroup's tids are not visible in this pid namespace."""
+
+
+def _open_dir(path):
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise CgroupNotFound(f"{path}: no such cgroup") from exc
+    except PermissionError as exc:
+        raise PermissionDenied(f"{path}: {exc}") from exc
+
+
+_default = None
+_default_lock = threading.Lock()
+
+
+def default_reader():
+    """The module-level Reader behind :func:`get_cpu_load`, created on first use."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Reader()
+    return _default
+
+
+def get_cpu_load(path, *, recursive=False):
+    """Read a cgroup's task counts and CPU pressure on any cgroup host.
+
+    See :meth:`Reader.cpu_load`; this uses one shared module-level Reader.
+    """
+    return default_reader().cpu_load(path, recursive=recursive)
