@@ -33,7 +33,12 @@ _OCTAL = re.compile(rb"\\([0-3][0-7][0-7])")
 
 @attrs.frozen
 class MountInfo:
-    """One line of /proc/<pid>/mountinfo, escapes decoded."""
+    """One line of /proc/<pid>/mountinfo, octal escapes decoded.
+
+    ``options`` (per-mount) and ``super_options`` (per-superblock) are split at "," before
+    decoding, so an escaped comma (\\054, e.g. in a v1 ``name=``) stays inside its option.
+    ``optional_fields`` are the "tag[:value]" fields (shared:N, master:N, ...) before " - ".
+    """
 
     mount_id: int
     parent_id: int
@@ -41,11 +46,11 @@ class MountInfo:
     minor: int
     root: str
     mount_point: str
-    options: str
+    options: tuple
     optional_fields: tuple
     fstype: str
     source: str
-    super_options: str
+    super_options: tuple
 
 
 @attrs.frozen
@@ -111,6 +116,10 @@ def _unescape(field: str) -> str:
     return os.fsdecode(raw)
 
 
+def _split_options(field: str) -> tuple:
+    return tuple(_unescape(o) for o in field.split(",") if o)
+
+
 def parse_mountinfo(text: str) -> list[MountInfo]:
     """Parse the text of /proc/<pid>/mountinfo; garbage lines raise ParseError.
 
@@ -140,18 +149,19 @@ def parse_mountinfo(text: str) -> list[MountInfo]:
             raise ParseError(f"mountinfo line {lineno}: empty root, mount point or fstype: {line!r}")
         out.append(MountInfo(
             mount_id=mount_id, parent_id=parent_id, major=major, minor=minor,
-            root=_unescape(fields[3]), mount_point=_unescape(fields[4]), options=fields[5],
-            optional_fields=tuple(fields[6:sep]), fstype=fields[sep + 1],
-            source=_unescape(fields[sep + 2]), super_options=_unescape(fields[sep + 3]),
+            root=_unescape(fields[3]), mount_point=_unescape(fields[4]),
+            options=_split_options(fields[5]), optional_fields=tuple(fields[6:sep]),
+            fstype=_unescape(fields[sep + 1]), source=_unescape(fields[sep + 2]),
+            super_options=_split_options(fields[sep + 3]),
         ))
     return out
 
 
-def _v1_controllers(super_options: str) -> tuple:
+def _v1_controllers(super_options: tuple) -> tuple:
     """Controllers (and "name=X") of a v1 hierarchy from its super options, sorted."""
     ctrls = []
-    for opt in super_options.split(","):
-        if not opt or opt in _V1_FLAGS or opt.startswith("release_agent="):
+    for opt in super_options:
+        if opt in _V1_FLAGS or opt.startswith("release_agent="):
             continue
         ctrls.append(opt)
     return tuple(sorted(ctrls))
