@@ -1,0 +1,480 @@
+/* netlink.c: taskstats and cgroupstats over generic netlink.
+ *
+ * Kernel side: kernel/taskstats.c (taskstats_user_cmd, cgroupstats_user_cmd,
+ * mk_reply), net/netlink/genetlink.c (nlctrl), net/netlink/af_netlink.c
+ * (netlink_ack, netlink_recvmsg). See netlink.h for the API and its errors.
+ *
+ * Every byte the kernel sends goes through the parsers below, which read with
+ * memcpy only (attribute payloads sit at 4 mod 8) and check every length
+ * against what is left before using it.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <linux/netlink.h>
+#include <linux/genetlink.h>
+#include <linux/taskstats.h>
+#include <linux/cgroupstats.h>
+
+#include "netlink.h"
+
+#define HDRLEN ((size_t)NLMSG_HDRLEN)           /* 16 */
+#define GENLLEN ((size_t)GENL_HDRLEN)           /* 4 */
+#define ATTRLEN ((size_t)NLA_HDRLEN)            /* 4 */
+#define ALIGN4(n) (((size_t)(n) + 3u) & ~(size_t)3u)
+#define STACK_RXBUF 4096
+
+/* ---- parsing ---------------------------------------------------------- */
+
+/* Validate the netlink header of one whole message of len bytes. */
+static int msg_header(const uint8_t *msg, size_t len, struct nlmsghdr *h)
+{
+    if (msg == NULL || len < HDRLEN)
+        return EBADMSG;
+    memcpy(h, msg, sizeof(*h));
+    if (h->nlmsg_len < HDRLEN || h->nlmsg_len > len)
+        return EBADMSG;
+    if (len - h->nlmsg_len >= 4) /* more than alignment padding follows */
+        return EBADMSG;
+    return 0;
+}
+
+/* NLMSG_ERROR payload -> 0 (an ACK) or the positive errno it carries. */
+static int msg_error(const uint8_t *msg, const struct nlmsghdr *h)
+{
+    int32_t error;
+
+    if (h->nlmsg_len < HDRLEN + sizeof(struct nlmsgerr))
+        return EBADMSG;
+    memcpy(&error, msg + HDRLEN, sizeof(error));
+    if (error > 0 || error < -4095)
+        return EBADMSG;
+    return (int)-error;
+}
+
+/* Check a reply header and locate its attributes. Returns 0, the errno of an
+ * NLMSG_ERROR (ENODATA for a bare ACK) or EBADMSG. */
+static int genl_attrs(const uint8_t *msg, size_t len, uint16_t type, uint8_t cmd,
+                      const uint8_t **attrs, size_t *attrs_len)
+{
+    struct nlmsghdr h;
+    struct genlmsghdr g;
+    int rc = msg_header(msg, len, &h);
+
+    if (rc)
+        return rc;
+    if (h.nlmsg_type == NLMSG_ERROR) {
+        rc = msg_error(msg, &h);
+        return rc ? rc : ENODATA;
+    }
+    if (h.nlmsg_type < NLMSG_MIN_TYPE)       /* NOOP, DONE, OVERRUN, reserved */
+        return EBADMSG;
+    if (h.nlmsg_flags & NLM_F_MULTI)         /* a dump: never asked for */
+        return EBADMSG;
+    if (type != 0 && h.nlmsg_type != type)
+        return EBADMSG;
+    if (h.nlmsg_len < HDRLEN + GENLLEN)
+        return EBADMSG;
+    memcpy(&g, msg + HDRLEN, sizeof(g));
+    if (g.cmd != cmd)
+        return EBADMSG;
+    *attrs = msg + HDRLEN + GENLLEN;
+    *attrs_len = h.nlmsg_len - HDRLEN - GENLLEN;
+    return 0;
+}
+
+struct attr {
+    uint16_t type;         /* without NLA_F_NESTED / NLA_F_NET_BYTEORDER */
+    const uint8_t *data;
+    size_t len;            /* payload bytes */
+};
+
+/* Next attribute of buf[0..len) at *off: 1 and *a, 0 at the end, -EBADMSG. */
+static int attr_next(const uint8_t *buf, size_t len, size_t *off, struct attr *a)
+{
+    struct nlattr na;
+    size_t left;
+
+    if (*off >= len)
+        return 0;
+    left = len - *off;
+    if (left < ATTRLEN)
+        return -EBADMSG;
+    memcpy(&na, buf + *off, sizeof(na));
+    if (na.nla_len < ATTRLEN || na.nla_len > left)
+        return -EBADMSG;
+    a->type = na.nla_type & NLA_TYPE_MASK;
+    a->data = buf + *off + ATTRLEN;
+    a->len = na.nla_len - ATTRLEN;
+    /* the last attribute's alignment padding may be cut by nlmsg_len */
+    *off += ALIGN4(na.nla_len) < left ? ALIGN4(na.nla_len) : left;
+    return 1;
+}
+
+int cg_nl_parse_family(const uint8_t *msg, size_t len, uint16_t *family_out)
+{
+    static const char name[] = TASKSTATS_GENL_NAME;
+    const uint8_t *attrs;
+    size_t alen, off = 0;
+    struct attr a;
+    int rc, have_id = 0, have_name = 0;
+    uint16_t id = 0;
+
+    rc = genl_attrs(msg, len, GENL_ID_CTRL, CTRL_CMD_NEWFAMILY, &attrs, &alen);
+    if (rc)
+        return rc;
+    while ((rc = attr_next(attrs, alen, &off, &a)) > 0) {
+        if (a.type == CTRL_ATTR_FAMILY_ID) {
+            if (have_id || a.len != sizeof(id))
+                return EBADMSG;
+            memcpy(&id, a.data, sizeof(id));
+            have_id = 1;
+        } else if (a.type == CTRL_ATTR_FAMILY_NAME) {
+            /* NUL-terminated string: "TASKSTATS\0" */
+            if (have_name || a.len < sizeof(name) || memcmp(a.data, name, sizeof(name)) != 0)
+                return EBADMSG;
+            have_name = 1;
+        }
+    }
+    if (rc < 0 || !have_id || !have_name || id < GENL_MIN_ID)
+        return EBADMSG;
+    *family_out = id;
+    return 0;
+}
+
+int cg_nl_parse_cgroupstats(const uint8_t *msg, size_t len, uint16_t family,
+                            struct cg_nl_cgroupstats *out)
+{
+    const uint8_t *attrs;
+    size_t alen, off = 0;
+    struct attr a;
+    int rc, have = 0;
+    struct cg_nl_cgroupstats cs;
+
+    rc = genl_attrs(msg, len, family, CGROUPSTATS_CMD_NEW, &attrs, &alen);
+    if (rc)
+        return rc;
+    while ((rc = attr_next(attrs, alen, &off, &a)) > 0) {
+        if (a.type != CGROUPSTATS_TYPE_CGROUP_STATS)
+            continue; /* UNSPEC pads, attributes of a future kernel */
+        /* struct cgroupstats is five u64 in kernel order; accept a longer one */
+        if (have || a.len < sizeof(cs))
+            return EBADMSG;
+        memcpy(&cs, a.data, sizeof(cs));
+        have = 1;
+    }
+    if (rc < 0 || !have)
+        return EBADMSG;
+    *out = cs;
+    return 0;
+}
+
+int cg_nl_parse_taskstats(const uint8_t *msg, size_t len, uint16_t family,
+                          struct cg_nl_taskstats_reply *out, uint8_t *stats, size_t cap)
+{
+    const uint8_t *attrs, *sdata = NULL;
+    size_t alen, off = 0, slen = 0;
+    struct attr a, n;
+    int rc, nrc, have_aggr = 0, have_id = 0;
+    uint32_t id = 0, is_tgid = 0;
+
+    rc = genl_attrs(msg, len, family, TASKSTATS_CMD_NEW, &attrs, &alen);
+    if (rc)
+        return rc;
+    while ((rc = attr_next(attrs, alen, &off, &a)) > 0) {
+        size_t noff = 0;
+        uint16_t want;
+
+        if (a.type != TASKSTATS_TYPE_AGGR_PID && a.type != TASKSTATS_TYPE_AGGR_TGID)
+            continue; /* TASKSTATS_TYPE_NULL pads, unknown attributes */
+        if (have_aggr)
+            return EBADMSG; /* one request, one aggregate */
+        have_aggr = 1;
+        is_tgid = a.type == TASKSTATS_TYPE_AGGR_TGID;
+        want = is_tgid ? TASKSTATS_TYPE_TGID : TASKSTATS_TYPE_PID;
+        while ((nrc = attr_next(a.data, a.len, &noff, &n)) > 0) {
+            if (n.type == TASKSTATS_TYPE_PID || n.type == TASKSTATS_TYPE_TGID) {
+                if (n.type != want || have_id || n.len != sizeof(id))
+                    return EBADMSG;
+                memcpy(&id, n.data, sizeof(id));
+                have_id = 1;
+            } else if (n.type == TASKSTATS_TYPE_STATS) {
+                if (sdata != NULL)
+                    return EBADMSG;
+                sdata = n.data;
+                slen = n.len;
+            }
+        }
+        if (nrc < 0)
+            return EBADMSG;
+    }
+    if (rc < 0 || !have_aggr || !have_id || sdata == NULL || slen > UINT32_MAX)
+        return EBADMSG;
+    if (stats != NULL && cap > 0)
+        memcpy(stats, sdata, slen < cap ? slen : cap);
+    out->id = id;
+    out->is_tgid = is_tgid;
+    out->stats_len = (uint32_t)slen;
+    return 0;
+}
+
+/* ---- socket ----------------------------------------------------------- */
+
+int cg_nl_open(uint32_t timeout_ms, int *fd_out)
+{
+    struct sockaddr_nl sa;
+    struct timeval tv;
+    int fd, err;
+
+    if (timeout_ms == 0 || fd_out == NULL)
+        return EINVAL;
+    fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_GENERIC);
+    if (fd < 0)
+        return errno;
+    tv.tv_sec = timeout_ms / 1000;
+    tv.tv_usec = (timeout_ms % 1000) * 1000;
+    memset(&sa, 0, sizeof(sa));
+    sa.nl_family = AF_NETLINK;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
+        bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        err = errno;
+        close(fd);
+        return err;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+/* A request: netlink header, genl header, one attribute of up to 12 bytes. */
+struct request {
+    struct nlmsghdr n;
+    struct genlmsghdr g;
+    struct nlattr a;
+    uint8_t payload[12];
+};
+
+static int send_request(int fd, uint16_t type, uint32_t seq, uint8_t cmd, uint8_t version,
+                        uint16_t attr, const void *payload, size_t plen)
+{
+    struct request r;
+    struct sockaddr_nl sa;
+    size_t len = HDRLEN + GENLLEN + ATTRLEN + ALIGN4(plen);
+    ssize_t n;
+
+    if (plen > sizeof(r.payload))
+        return EINVAL;
+    memset(&r, 0, sizeof(r));
+    r.n.nlmsg_len = (uint32_t)len;
+    r.n.nlmsg_type = type;
+    r.n.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+    r.n.nlmsg_seq = seq;
+    r.g.cmd = cmd;
+    r.g.version = version;
+    r.a.nla_len = (uint16_t)(ATTRLEN + plen);
+    r.a.nla_type = attr;
+    memcpy(r.payload, payload, plen);
+    memset(&sa, 0, sizeof(sa));
+    sa.nl_family = AF_NETLINK;
+    do
+        n = sendto(fd, &r, len, 0, (struct sockaddr *)&sa, sizeof(sa));
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return errno;
+    return (size_t)n == len ? 0 : EIO;
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Parse one reply message; 0 on success, else an errno (ENODATA for an ACK). */
+typedef int (*parse_fn)(const uint8_t *msg, size_t len, void *ctx);
+
+enum { WAIT_REPLY, WAIT_ACK };
+
+/* Walk the messages of one datagram that belong to seq. Returns 0 to keep
+ * receiving, 1 when the request is complete, or -errno. */
+static int walk_datagram(const uint8_t *buf, size_t n, uint32_t seq, int *state,
+                         parse_fn parse, void *ctx, int ack_only_err)
+{
+    size_t off = 0;
+
+    while (off < n) {
+        struct nlmsghdr h;
+        size_t mlen;
+        int rc;
+
+        if (n - off < HDRLEN)
+            return -EBADMSG;
+        memcpy(&h, buf + off, sizeof(h));
+        if (h.nlmsg_len < HDRLEN || h.nlmsg_len > n - off)
+            return -EBADMSG;
+        mlen = h.nlmsg_len;
+        if (h.nlmsg_seq == seq) {
+            if (h.nlmsg_type == NLMSG_ERROR) {
+                rc = msg_error(buf + off, &h);
+                if (rc)
+                    return -rc;
+                /* ACK(0): the request is done; was there a reply before it? */
+                return *state == WAIT_ACK ? 1 : -ack_only_err;
+            }
+            if (h.nlmsg_type == NLMSG_NOOP)
+                ; /* nothing to say */
+            else if (*state == WAIT_ACK)
+                return -EBADMSG; /* a second reply to one request */
+            else {
+                rc = parse(buf + off, mlen, ctx);
+                if (rc)
+                    return -rc;
+                *state = WAIT_ACK;
+            }
+        }
+        off += ALIGN4(mlen) < n - off ? ALIGN4(mlen) : n - off;
+    }
+    return 0;
+}
+
+/* Receive until the reply to seq and its ACK arrived, an error answered it, or
+ * the socket's receive timeout passed. Messages of other sequence numbers
+ * (late answers to requests that timed out) and datagrams not sent by the
+ * kernel are skipped. */
+static int transact(int fd, uint32_t seq, parse_fn parse, void *ctx, int ack_only_err)
+{
+    struct timeval tv;
+    socklen_t tvlen = sizeof(tv);
+    uint64_t deadline;
+    uint8_t stackbuf[STACK_RXBUF];
+    int state = WAIT_REPLY;
+
+    if (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &tvlen) != 0)
+        return errno;
+    deadline = now_ms() + (uint64_t)tv.tv_sec * 1000u + (uint64_t)tv.tv_usec / 1000u;
+
+    for (;;) {
+        struct sockaddr_nl sa;
+        socklen_t salen = sizeof(sa);
+        uint8_t *buf;
+        ssize_t size, got;
+        int rc, dontwait = state == WAIT_ACK ? MSG_DONTWAIT : 0;
+
+        /* the real size of the next datagram, so that none is ever cut */
+        size = recvfrom(fd, NULL, 0, MSG_PEEK | MSG_TRUNC | dontwait,
+                        (struct sockaddr *)&sa, &salen);
+        if (size < 0) {
+            if (errno == EINTR)
+                goto next;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                /* the reply came; its ACK did not: the reply stands and a
+                 * late ACK is skipped as stale by the next request */
+                return state == WAIT_ACK ? 0 : ETIMEDOUT;
+            return errno;
+        }
+        buf = (size_t)size <= sizeof(stackbuf) ? stackbuf : malloc((size_t)size);
+        if (buf == NULL)
+            return ENOMEM;
+        salen = sizeof(sa);
+        got = recvfrom(fd, buf, (size_t)size, MSG_DONTWAIT, (struct sockaddr *)&sa, &salen);
+        if (got < 0) {
+            rc = errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -errno;
+        } else if (salen < sizeof(sa) || sa.nl_family != AF_NETLINK || sa.nl_pid != 0) {
+            rc = 0; /* not from the kernel */
+        } else {
+            rc = walk_datagram(buf, (size_t)got, seq, &state, parse, ctx, ack_only_err);
+        }
+        if (buf != stackbuf)
+            free(buf);
+        if (rc < 0)
+            return -rc;
+        if (rc > 0)
+            return 0;
+    next:
+        if (now_ms() > deadline)
+            return state == WAIT_ACK ? 0 : ETIMEDOUT;
+    }
+}
+
+struct family_ctx { uint16_t id; };
+
+static int parse_family_cb(const uint8_t *msg, size_t len, void *ctx)
+{
+    return cg_nl_parse_family(msg, len, &((struct family_ctx *)ctx)->id);
+}
+
+int cg_nl_family_id(int fd, uint32_t seq, uint16_t *family_out)
+{
+    static const char name[] = TASKSTATS_GENL_NAME;
+    struct family_ctx c = {0};
+    int rc;
+
+    rc = send_request(fd, GENL_ID_CTRL, seq, CTRL_CMD_GETFAMILY, CG_NL_CTRL_VERSION,
+                      CTRL_ATTR_FAMILY_NAME, name, sizeof(name));
+    if (rc == 0)
+        rc = transact(fd, seq, parse_family_cb, &c, ENODATA);
+    if (rc == 0)
+        *family_out = c.id;
+    return rc;
+}
+
+struct cgroupstats_ctx { uint16_t family; struct cg_nl_cgroupstats *out; };
+
+static int parse_cgroupstats_cb(const uint8_t *msg, size_t len, void *ctx)
+{
+    struct cgroupstats_ctx *c = ctx;
+
+    return cg_nl_parse_cgroupstats(msg, len, c->family, c->out);
+}
+
+int cg_nl_cgroupstats(int fd, uint16_t family, uint32_t seq, int cgroup_fd,
+                      struct cg_nl_cgroupstats *out)
+{
+    struct cgroupstats_ctx c = {family, out};
+    uint32_t cfd = (uint32_t)cgroup_fd;
+    int rc;
+
+    if (cgroup_fd < 0 || family < GENL_MIN_ID)
+        return cgroup_fd < 0 ? EBADF : EINVAL;
+    rc = send_request(fd, family, seq, CGROUPSTATS_CMD_GET, CG_NL_TASKSTATS_GENL_VERSION,
+                      CGROUPSTATS_CMD_ATTR_FD, &cfd, sizeof(cfd));
+    /* cgroupstats_user_cmd() answers an fd that is not open with no reply and
+     * return 0: only the ACK comes, which means EBADF here */
+    return rc ? rc : transact(fd, seq, parse_cgroupstats_cb, &c, EBADF);
+}
+
+struct taskstats_ctx {
+    uint16_t family;
+    struct cg_nl_taskstats_reply *out;
+    uint8_t *stats;
+    size_t cap;
+};
+
+static int parse_taskstats_cb(const uint8_t *msg, size_t len, void *ctx)
+{
+    struct taskstats_ctx *c = ctx;
+
+    return cg_nl_parse_taskstats(msg, len, c->family, c->out, c->stats, c->cap);
+}
+
+int cg_nl_taskstats(int fd, uint16_t family, uint32_t seq, uint32_t id, int tgid,
+                    struct cg_nl_taskstats_reply *out, uint8_t *stats, size_t cap)
+{
+    struct taskstats_ctx c = {family, out, stats, cap};
+    int rc;
+
+    if (family < GENL_MIN_ID)
+        return EINVAL;
+    rc = send_request(fd, family, seq, TASKSTATS_CMD_GET, CG_NL_TASKSTATS_GENL_VERSION,
+                      tgid ? TASKSTATS_CMD_ATTR_TGID : TASKSTATS_CMD_ATTR_PID,
+                      &id, sizeof(id));
+    return rc ? rc : transact(fd, seq, parse_taskstats_cb, &c, ENODATA);
+}
