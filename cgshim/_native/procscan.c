@@ -42,7 +42,6 @@ struct cg_scanner {
     uint32_t cap;           /* slots in tab: 0 or a power of two >= 2 * nfds */
     struct entry *tab;
     uint64_t epoch;         /* scans started */
-    uint64_t swept_all;     /* epoch in which a sweep found nothing more to evict */
     char *list;             /* thread list read by scan_fd */
     size_t list_cap;
     int32_t *set;           /* per-scan set of distinct tids (0 = empty) */
@@ -136,13 +135,13 @@ static int cache_rebuild(struct cg_scanner *sc, uint32_t new_cap, uint64_t min_a
     return 0;
 }
 
-/* The table is full: close the least recently listed entries, whole scans at a
- * time, until a quarter of max_fds is free or nothing listed before this scan
- * is left. Entries listed in the current scan (age 0) stay. */
-static void cache_sweep(struct cg_scanner *sc)
+/* Make room for `need` more fds before a scan: close the least recently listed
+ * entries, whole scans at a time, oldest first, until `need` and at least a
+ * quarter of max_fds are free or nothing listed before this scan is left.
+ * Entries of tids in the current list were marked with this epoch beforehand,
+ * so they stay. */
+static void cache_sweep(struct cg_scanner *sc, uint64_t need)
 {
-    if (sc->swept_all == sc->epoch)
-        return;             /* everything evictable is already gone */
     uint32_t hist[AGE_BUCKETS] = {0};
     for (uint32_t i = 0; i < sc->cap; i++) {
         if (sc->tab[i].tid == 0)
@@ -150,9 +149,8 @@ static void cache_sweep(struct cg_scanner *sc)
         uint64_t age = sc->epoch - sc->tab[i].seen;
         hist[age < AGE_BUCKETS ? age : AGE_BUCKETS - 1]++;
     }
-    uint32_t want = sc->max_fds / 4 ? sc->max_fds / 4 : 1;
-    uint32_t freed = 0;
-    uint64_t min_age = 1;
+    uint64_t want = sc->max_fds / 4 > need ? sc->max_fds / 4 : need;
+    uint64_t freed = 0, min_age = 1;
     for (uint64_t age = AGE_BUCKETS - 1; age >= 1; age--) {
         freed += hist[age];
         if (freed >= want) {
@@ -160,18 +158,13 @@ static void cache_sweep(struct cg_scanner *sc)
             break;
         }
     }
-    if (freed == 0 || min_age == 1)
-        sc->swept_all = sc->epoch;
-    if (freed == 0)
-        return;
-    cache_rebuild(sc, sc->cap, min_age);    /* ENOMEM: stay full, read uncached */
+    if (freed > 0)
+        cache_rebuild(sc, sc->cap, min_age);    /* ENOMEM: stay full, read uncached */
 }
 
 /* Keep fd for tid if there is room; otherwise close it. */
 static void cache_offer(struct cg_scanner *sc, int32_t tid, int fd)
 {
-    if (sc->nfds >= sc->max_fds)
-        cache_sweep(sc);
     if (sc->nfds >= sc->max_fds) {
         close(fd);
         return;
@@ -223,7 +216,6 @@ int cg_scanner_new(int proc_dirfd, uint32_t max_fds, struct cg_scanner **out)
         return err;
     }
     sc->max_fds = max_fds;
-    sc->swept_all = UINT64_MAX;
     *out = sc;
     return 0;
 }
@@ -373,10 +365,8 @@ static int parse_list(struct cg_scanner *sc, const char *list, size_t len,
         const char *eol = memchr(p, '\n', (size_t)(end - p));
         if (eol == NULL)
             eol = end;
-        if (eol == p) {         /* empty line */
-            p = eol + 1;
-            continue;
-        }
+        if (eol == p)
+            return EINVAL;      /* empty line: only the final newline may end the list */
         int64_t v = 0;
         for (const char *q = p; q < eol; q++) {
             if (*q < '0' || *q > '9')
@@ -416,6 +406,20 @@ int cg_scanner_scan_buf(struct cg_scanner *sc, const char *list, size_t len,
         return err;
     sc->epoch++;
     c.nr_listed = n;
+    if (sc->max_fds > 0) {
+        /* Mark the cached tids of this list as listed now, then make room for the
+         * others by evicting entries not listed for the longest time. */
+        uint64_t misses = 0;
+        for (size_t i = 0; i < n; i++) {
+            long slot = cache_find(sc, sc->tids[i]);
+            if (slot >= 0)
+                sc->tab[slot].seen = sc->epoch;
+            else
+                misses++;
+        }
+        if (misses > 0 && sc->nfds + misses > sc->max_fds)
+            cache_sweep(sc, sc->nfds + misses - sc->max_fds);
+    }
     for (size_t i = 0; i < n; i++) {
         err = scan_tid(sc, sc->tids[i], &c);
         if (err != 0)

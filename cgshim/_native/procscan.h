@@ -3,10 +3,11 @@
  *
  * Input is a thread list as the kernel prints it in cgroup.threads (v2) or
  * tasks (v1): decimal tids, one per line, unordered, possibly repeated; each
- * distinct tid is counted once. Empty lines are skipped. A "0" line (a task
- * with no pid in the reader's pid namespace; kernels before the SEQ_SKIP fix
- * in cgroup_procs_show() print it) is counted in nr_hidden, once per line. Any
- * other line (sign, blank, non-digit, > INT32_MAX) makes the list invalid: EINVAL.
+ * distinct tid is counted once. The last line's newline is optional. A "0"
+ * line (a task with no pid in the reader's pid namespace; kernels before the
+ * SEQ_SKIP fix in cgroup_procs_show() print it) is counted in nr_hidden, once
+ * per line. Any other line (empty, sign, blank, non-digit, > INT32_MAX) makes
+ * the list invalid: EINVAL, and nothing is read from /proc.
  *
  * For each distinct tid the state letter is read from
  * <proc>/<tid>/task/<tid>/stat (fs/proc/base.c: tid_base_stuff; the first
@@ -24,14 +25,17 @@
  * scan costs one pread per thread. A cached fd is bound to the task it was
  * opened for: once that task exits the pread fails with ESRCH, the fd is closed
  * and the tid reopened by path, so pid reuse yields the new task, never a
- * stale state. Each entry remembers the last scan that listed its tid. When
- * the table holds max_fds fds and a new tid needs one, a sweep closes the
- * entries least recently listed (whole scans at a time, oldest first, until at
- * least a quarter of the table is free or every entry not listed in the
- * current scan is gone); entries listed in the current scan are never
- * evicted, and a tid that finds no room is read uncached (open, pread, close).
- * So at most max_fds fds are ever held, and fds of threads that died and are
- * never listed again are closed by the next sweep (or drop_cache/free).
+ * stale state. Each entry remembers the last scan that listed its tid. Before
+ * a scan reads anything, the cached tids of its list are marked as listed now;
+ * if the others would not fit, a sweep closes the entries least recently
+ * listed (whole scans at a time, oldest first) until they fit and at least a
+ * quarter of max_fds is free, or until nothing listed before this scan is
+ * left. Entries of the current list are never evicted; a tid that finds no
+ * room is read uncached (open, pread, close). So at most max_fds fds are ever
+ * held, a scanner shared by many cgroups keeps the most recently scanned ones,
+ * and fds of threads that died (or left the cgroup) are closed when their tid
+ * is listed again (ESRCH), by a sweep once the table is full, or by
+ * drop_cache/free: never more than max_fds of them.
  *
  * A scanner is not thread-safe: callers serialise use of one scanner.
  * Functions return 0 or a positive errno value.

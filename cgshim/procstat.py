@@ -1,0 +1,337 @@
+"""The per-thread stat file /proc/<pid>/task/<tid>/stat (fs/proc/array.c, do_task_stat).
+
+What this module reads: the state letter of each thread in a cgroup's thread list
+(``cgroup.threads`` on v2, ``tasks`` on v1), counted the way cgroupstats_build()
+(kernel/cgroup/cgroup-v1.c) counts task states: R, S, D, T by exact letter, anything
+else apart. Thread lists are parsed by :func:`cgshim.cgroupfs.parse_thread_list`
+(pure Python) or by the C scanner (cgshim/_native/procscan.c), which agree.
+
+- :func:`parse_stat_state` -- pure parser: the state letter of one stat line.
+- :class:`Scanner` -- scans a thread list (a file or bytes) into :class:`ScanCounts`.
+  It uses the C scanner when ``cgshim._native.procscan`` is built: that one keeps the
+  stat files open between scans, so a repeated scan costs one pread per thread.
+  Otherwise a pure-Python path gives the same counts with open/read/close per thread.
+
+The stat file is opened as ``<proc>/<tid>/task/<tid>/stat``: any tid works as the first
+component (fs/proc/base.c proc_pid_lookup), and the per-thread file is O(1), where
+``/proc/<tid>/stat`` of a non-leader thread sums the whole process (O(threads)).
+"""
+import errno
+import os
+import resource
+import threading
+
+import attrs
+
+from . import _native
+from .errors import (CgroupNotFound, CgshimError, NotACgroup, ParseError, PermissionDenied,
+                     Unsupported)
+from .model import TaskCounts
+
+# cgroupstats_build() counts by exact task state; by /proc letter that is:
+STATE_FIELDS = {"R": "nr_running", "S": "nr_sleeping", "D": "nr_uninterruptible", "T": "nr_stopped"}
+
+# Most stat fds a Scanner keeps open, as a fraction of the soft RLIMIT_NOFILE.
+FD_SHARE = 4
+# The C scanner refuses more (procscan.h).
+_MAX_FDS_LIMIT = 1 << 24
+# Enough of a stat line for pid, comm (<= 64 bytes) and state; the rest is numbers.
+_STAT_PREFIX = 512
+
+_GONE = (errno.ENOENT, errno.ESRCH)
+_DENIED = (errno.EACCES, errno.EPERM)
+_BLANK = b" \t"
+
+
+def parse_stat_state(data: bytes) -> str:
+    """The state letter of one /proc/<pid>[/task/<tid>]/stat line (or a prefix of it that
+    reaches the state): the first byte after the *last* ')' that is not a space or tab.
+
+    comm (field 2) may contain spaces, parentheses and newlines, so only the last ')'
+    ends it. Raises ParseError if there is no ')' or no ASCII letter after it.
+    """
+    end = data.rfind(b")")
+    if end < 0:
+        raise ParseError(f"not a /proc stat line (no ')' closing the comm): {data[:80]!r}")
+    rest = data[end + 1:].lstrip(_BLANK)
+    if not rest or not (65 <= rest[0] <= 90 or 97 <= rest[0] <= 122):
+        raise ParseError(f"not a /proc stat line (no state letter after the comm): {data[:80]!r}")
+    return chr(rest[0])
+
+
+@attrs.frozen
+class ScanCounts:
+    """The outcome of one scan, as struct cg_scan_counts (cgshim/_native/procscan.h).
+
+    ``nr_listed`` distinct non-zero tids were in the list; each of them is counted in
+    exactly one of nr_running, nr_sleeping, nr_uninterruptible, nr_stopped (R, S, D, T),
+    nr_other (any other letter: I, t, Z, X, P, ...), nr_vanished (exited before its state
+    was read: ENOENT/ESRCH) or nr_denied (EACCES/EPERM on its stat file).
+    ``nr_hidden`` counts "0" lines: tasks without a pid in this pid namespace (older
+    kernels print them; since the SEQ_SKIP fix in cgroup_procs_show() they are left out).
+    """
+
+    nr_running: int = 0
+    nr_sleeping: int = 0
+    nr_uninterruptible: int = 0
+    nr_stopped: int = 0
+    nr_other: int = 0
+    nr_listed: int = 0
+    nr_vanished: int = 0
+    nr_denied: int = 0
+    nr_hidden: int = 0
+
+    def task_counts(self) -> TaskCounts:
+        """The four counts as TaskCounts; nr_io_wait is 0 (in_iowait is not in /proc)."""
+        return TaskCounts(nr_sleeping=self.nr_sleeping, nr_running=self.nr_running,
+                          nr_stopped=self.nr_stopped,
+                          nr_uninterruptible=self.nr_uninterruptible, nr_io_wait=0)
+
+
+_FIELDS = [a.name for a in attrs.fields(ScanCounts)]
+
+
+def effective_max_fds(max_fds: int) -> int:
+    """``max_fds`` capped to a quarter (1/FD_SHARE) of the soft RLIMIT_NOFILE, so that a
+    scanner's cache never takes the fds the rest of the process needs (1024 -> 256)."""
+    if max_fds < 0:
+        raise ValueError(f"max_fds must be >= 0, not {max_fds}")
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY:
+        max_fds = min(max_fds, soft // FD_SHARE)
+    return min(max_fds, _MAX_FDS_LIMIT)
+
+
+def _first_bad_line(data: bytes):
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # the final newline
+    for number, line in enumerate(lines, 1):
+        if not (line.isdigit() and int(line) <= 0x7FFFFFFF):
+            return number, line[:40]
+    return None
+
+
+def _list_error(err, path, data=None):
+    """A CgshimError for errno ``err`` met while reading or scanning the list ``path``."""
+    name = errno.errorcode.get(err, "?")
+    where = path if path is not None else "thread list"
+    if err in (errno.ENOENT, errno.ENODEV):
+        return CgroupNotFound(f"{where}: no such cgroup (errno {name}): it does not exist "
+                              f"or was removed while being read")
+    if err == errno.ENOTDIR:
+        return NotACgroup(f"{where}: a component of the path is not a directory (errno {name})")
+    if err in _DENIED:
+        return PermissionDenied(f"{where}: permission denied (errno {name}); reading a "
+                                f"cgroup's thread list needs read access to that file")
+    if err == errno.EOPNOTSUPP:
+        return Unsupported(f"{where}: the kernel refuses this read (errno {name}); cgroup.procs "
+                           f"of a threaded cgroup cannot be read, use cgroup.threads")
+    if err == errno.EINVAL:
+        bad = _first_bad_line(data) if data is not None else None
+        detail = f": line {bad[0]} is {bad[1]!r}" if bad else ""
+        return ParseError(f"{where}: not a thread list (one decimal tid per line){detail}")
+    if err == errno.EBADMSG:
+        return ParseError(f"{where}: a thread's stat file has no state letter after its comm "
+                          f"(is the proc root really procfs?)")
+    if err in (errno.EMFILE, errno.ENFILE):
+        return CgshimError(f"{where}: out of file descriptors while scanning (errno {name}); "
+                           f"lower max_fds or raise RLIMIT_NOFILE")
+    return CgshimError(f"{where}: scan failed: [errno {err} {name}] {os.strerror(err)}")
+
+
+class Scanner:
+    """Counts the states of the threads in a thread list, reading /proc under ``proc_root``.
+
+    ``max_fds`` bounds the stat files held open between scans; it is capped by
+    :func:`effective_max_fds` (a quarter of the soft RLIMIT_NOFILE). ``native``: None
+    uses the C scanner when it is built, True requires it (Unsupported if not built),
+    False uses the pure-Python path (no fds kept). Thread-safe: one lock serialises
+    scans. Close it (or use ``with``) to release the held fds.
+    """
+
+    def __init__(self, proc_root: str = "/proc", max_fds: int = 4096, *, native=None):
+        self.proc_root = proc_root
+        self.max_fds = effective_max_fds(max_fds)
+        self._lock = threading.Lock()
+        self._sc = None
+        self._dirfd = None
+        mod = _native.procscan
+        if native and mod is None:
+            raise Unsupported(f"the C scanner is not built: {_native.load_errors.get('procscan')}; "
+                              f"run: python cgshim/_native/build.py procscan")
+        try:
+            dirfd = os.open(proc_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise Unsupported(f"{proc_root}: no proc filesystem directory there ({exc.strerror})") from exc
+        except PermissionError as exc:
+            raise PermissionDenied(f"{proc_root}: cannot open the proc root ({exc.strerror})") from exc
+        if mod is None or native is False:
+            self._dirfd = dirfd
+            return
+        self._mod = mod
+        try:
+            out = mod.ffi.new("struct cg_scanner **")
+            err = mod.lib.cg_scanner_new(dirfd, self.max_fds, out)
+        finally:
+            os.close(dirfd)  # the scanner holds its own dup
+        if err:
+            raise CgshimError(f"cannot create a scanner on {proc_root}: "
+                              f"[errno {err} {errno.errorcode.get(err, '?')}] {os.strerror(err)}")
+        self._sc = mod.ffi.gc(out[0], mod.lib.cg_scanner_free)
+
+    @property
+    def native(self) -> bool:
+        """True if this scanner runs the C code (and caches fds)."""
+        return self._sc is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._sc is None and self._dirfd is None
+
+    @property
+    def cached_fds(self) -> int:
+        """Stat fds held open right now (always 0 for the pure-Python path)."""
+        with self._lock:
+            if self._sc is None:
+                return 0
+            return self._mod.lib.cg_scanner_cached_fds(self._sc)
+
+    def drop_cache(self) -> None:
+        """Close every held stat fd (the next scan reopens what it needs)."""
+        with self._lock:
+            if self._sc is not None:
+                self._mod.lib.cg_scanner_drop_cache(self._sc)
+
+    def close(self) -> None:
+        """Close all cached fds and the proc root fd. Idempotent."""
+        with self._lock:
+            if self._sc is not None:
+                sc, self._sc = self._sc, None
+                self._mod.ffi.release(sc)  # runs cg_scanner_free now
+            if self._dirfd is not None:
+                fd, self._dirfd = self._dirfd, None
+                os.close(fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        kind = "closed" if self.closed else ("native" if self.native else "python")
+        return f"<Scanner {self.proc_root} {kind} max_fds={self.max_fds}>"
+
+    def _check_open(self):
+        if self.closed:
+            raise CgshimError("this Scanner is closed")
+
+    # -- scanning -----------------------------------------------------------------------
+
+    def scan_file(self, list_path: str) -> ScanCounts:
+        """Scan the thread list in ``list_path`` (``<cgroup>/cgroup.threads`` or ``tasks``).
+
+        Raises CgroupNotFound if the cgroup does not exist or is removed meanwhile,
+        PermissionDenied, Unsupported for cgroup.procs of a threaded cgroup (EOPNOTSUPP),
+        ParseError if the file is not a thread list.
+        """
+        try:
+            fd = os.open(list_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _list_error(exc.errno, list_path) from exc
+        try:
+            with self._lock:
+                self._check_open()
+                if self._sc is not None:
+                    out = self._mod.ffi.new("struct cg_scan_counts *")
+                    err = self._mod.lib.cg_scanner_scan_fd(self._sc, fd, out)
+                    if err:
+                        data = _read_quietly(fd) if err == errno.EINVAL else None
+                        raise _list_error(err, list_path, data)
+                    return _from_c(out)
+                try:
+                    data = _read_all(fd)
+                except OSError as exc:
+                    raise _list_error(exc.errno, list_path) from exc
+                return self._scan_python(data, list_path)
+        finally:
+            os.close(fd)
+
+    def scan_bytes(self, data: bytes) -> ScanCounts:
+        """Scan a thread list given as bytes (ParseError if it is not one)."""
+        data = bytes(data)
+        with self._lock:
+            self._check_open()
+            if self._sc is None:
+                return self._scan_python(data, None)
+            out = self._mod.ffi.new("struct cg_scan_counts *")
+            err = self._mod.lib.cg_scanner_scan_buf(self._sc, data, len(data), out)
+            if err:
+                raise _list_error(err, None, data)
+            return _from_c(out)
+
+    def _scan_python(self, data, path):
+        from .cgroupfs import parse_thread_list
+
+        try:
+            tids = parse_thread_list(data)
+        except ParseError as exc:
+            if path is None:
+                raise
+            raise ParseError(f"{path}: {exc}") from None
+        if tids and max(tids) > 0x7FFFFFFF:  # as the C scanner: no pid_t is that large
+            raise _list_error(errno.EINVAL, path, data)
+        counts = dict.fromkeys(_FIELDS, 0)
+        counts["nr_hidden"] = sum(1 for t in tids if t == 0)
+        distinct = list(dict.fromkeys(t for t in tids if t != 0))
+        counts["nr_listed"] = len(distinct)
+        for tid in distinct:
+            name = f"{tid}/task/{tid}/stat"
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=self._dirfd)
+            except OSError as exc:
+                counts[_gone_field(exc, path)] += 1
+                continue
+            try:
+                line = os.pread(fd, _STAT_PREFIX, 0)
+            except OSError as exc:
+                counts[_gone_field(exc, path)] += 1
+                continue
+            finally:
+                os.close(fd)
+            try:
+                state = parse_stat_state(line)
+            except ParseError:
+                raise _list_error(errno.EBADMSG, path) from None
+            counts[STATE_FIELDS.get(state, "nr_other")] += 1
+        return ScanCounts(**counts)
+
+
+def _gone_field(exc, path):
+    if exc.errno in _GONE:
+        return "nr_vanished"
+    if exc.errno in _DENIED:
+        return "nr_denied"
+    raise _list_error(exc.errno, path) from exc
+
+
+def _read_all(fd):
+    chunks, offset = [], 0
+    while True:
+        chunk = os.pread(fd, 65536, offset)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        offset += len(chunk)
+
+
+def _read_quietly(fd):
+    try:
+        return _read_all(fd)
+    except OSError:
+        return None
+
+
+def _from_c(out):
+    return ScanCounts(**{name: getattr(out, name) for name in _FIELDS})
