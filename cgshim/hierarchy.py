@@ -111,7 +111,10 @@ def _unescape(field: str) -> str:
     """Decode the kernel's octal escapes (\\040 space, \\011 tab, \\012 newline, \\134 backslash)."""
     if "\\" not in field:
         return field
-    raw = os.fsencode(field)
+    try:
+        raw = os.fsencode(field)
+    except UnicodeEncodeError:
+        raise ParseError(f"mountinfo field {field!r} holds characters that are not bytes") from None
     raw = _OCTAL.sub(lambda m: bytes([int(m.group(1), 8)]), raw)
     return os.fsdecode(raw)
 
@@ -257,6 +260,15 @@ def hierarchy(mountinfo: str = MOUNTINFO) -> Hierarchy:
 
 # --------------------------------------------------------------------------- resolution
 
+_NAME_MAX = 255   # include/uapi/linux/limits.h; kernfs itself answers ENOENT, not ENAMETOOLONG
+_PATH_MAX = 4096
+
+
+def _short(path) -> str:
+    """repr of a caller's path for messages, cut to a readable length."""
+    text = repr(path)
+    return text if len(text) <= 160 else text[:120] + "..." + text[-30:]
+
 
 def _mount_for(parts: list[str], hier: Hierarchy) -> Mount | None:
     """The cgroup mount whose mount point is the deepest lexical prefix of the path."""
@@ -309,14 +321,17 @@ def resolve(path: str, hier: Hierarchy | None = None) -> Resolved:
     CgroupNotFound). Any other absolute path is a cgroup name: looked up under the v1 "cpu"
     hierarchy, then cgroup2 (missing in both -> CgroupNotFound naming where it looked).
     """
-    what = repr(path)
+    what = _short(path)
     try:
         path = os.fspath(path)
         if isinstance(path, bytes):
             path = os.fsdecode(path)
-        os.fsencode(path)
+        encoded = os.fsencode(path)
     except (TypeError, UnicodeError) as exc:
         raise NotACgroup(f"{what} is not a usable path: {exc}") from None
+    if len(encoded) >= _PATH_MAX or any(len(c) > _NAME_MAX for c in encoded.split(b"/")):
+        raise NotACgroup(f"{what} is too long to name a cgroup (a component over {_NAME_MAX} "
+                         f"bytes or the whole over {_PATH_MAX - 1})")
     if "\0" in path:
         raise NotACgroup(f"{what} contains a NUL byte")
     if not path.startswith("/"):
