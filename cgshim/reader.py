@@ -46,11 +46,12 @@ _NO_COUNTS = dict.fromkeys(_COUNT_FIELDS)
 class _Target:
     """A resolved cgroup and the fds held open to read it."""
 
-    __slots__ = ("resolved", "dir_fd", "psi_fd", "psi_checked")
+    __slots__ = ("resolved", "dir_fd", "dir_id", "psi_fd", "psi_checked")
 
     def __init__(self, resolved):
         self.resolved = resolved
         self.dir_fd = None
+        self.dir_id = None  # (st_dev, st_ino) of the directory dir_fd was opened on
         self.psi_fd = None
         self.psi_checked = None  # monotonic time of the last look for a cpu.pressure file
 
@@ -195,8 +196,21 @@ class Reader:
         sock = self._socket()
         if target.dir_fd is None:
             target.dir_fd = _open_dir(target.resolved.path)
+            st = os.fstat(target.dir_fd)
+            target.dir_id = (st.st_dev, st.st_ino)
         c = sock.cgroupstats(target.dir_fd)
-        return (c.nr_running, c.nr_sleeping, c.nr_uninterruptible, c.nr_stopped, c.nr_io_wait)
+        counts = (c.nr_running, c.nr_sleeping, c.nr_uninterruptible, c.nr_stopped, c.nr_io_wait)
+        if not any(counts):
+            # A held fd of a removed v1 cgroup still answers, with all zeros (seen on 6.18:
+            # cgroupstats_build() finds the dying cgroup through the fd). rmdir needs an
+            # empty cgroup, so only an all-zero answer can come from one: check the path.
+            try:
+                st = os.stat(target.resolved.path)
+            except FileNotFoundError as exc:
+                raise CgroupNotFound(f"{target.resolved.path}: cgroup was removed") from exc
+            if (st.st_dev, st.st_ino) != target.dir_id:
+                raise CgroupNotFound(f"{target.resolved.path}: cgroup was removed (and re-created)")
+        return counts
 
     def _socket(self):
         sock = self._sock
@@ -253,28 +267,37 @@ class Reader:
         return tuple(total), reason
 
     def _pressure(self, target):
-        if target.psi_fd is None:
-            now = time.monotonic()
-            if target.psi_checked is not None and now - target.psi_checked < self.PRESSURE_RECHECK:
-                return None
-            target.psi_checked = now
-            resolved = target.resolved
-            v2_dir = resolved.path if resolved.version == 2 else _twin_v2(resolved, self.hierarchy)
-            if v2_dir is None:
+        for _ in range(2):  # a held fd of a removed cgroup's file: reopen by path, once
+            if target.psi_fd is None and not self._open_pressure(target):
                 return None
             try:
-                target.psi_fd = os.open(os.path.join(v2_dir, "cpu.pressure"), os.O_RDONLY | os.O_CLOEXEC)
-            except (FileNotFoundError, NotADirectoryError, PermissionError):
-                return None
+                data = os.pread(target.psi_fd, 4096, 0)
+            except OSError as exc:
+                fd, target.psi_fd, target.psi_checked = target.psi_fd, None, None
+                os.close(fd)
+                if exc.errno in _GONE:
+                    continue
+                if exc.errno == errno.EOPNOTSUPP:
+                    return None  # PSI switched off
+                raise PermissionDenied(f"cpu.pressure of {target.resolved.path}: {exc}") from exc
+            return psi.parse_pressure(data.decode("ascii", "replace"))
+        return None
+
+    def _open_pressure(self, target):
+        """Open the cpu.pressure file that belongs to target; False if there is none."""
+        now = time.monotonic()
+        if target.psi_checked is not None and now - target.psi_checked < self.PRESSURE_RECHECK:
+            return False
+        target.psi_checked = now
+        resolved = target.resolved
+        v2_dir = resolved.path if resolved.version == 2 else _twin_v2(resolved, self.hierarchy)
+        if v2_dir is None:
+            return False
         try:
-            data = os.pread(target.psi_fd, 4096, 0)
-        except OSError as exc:
-            fd, target.psi_fd = target.psi_fd, None
-            os.close(fd)
-            if exc.errno in (errno.EOPNOTSUPP, *_GONE):
-                return None  # PSI switched off, or the twin was removed
-            raise PermissionDenied(f"cpu.pressure of {target.resolved.path}: {exc}") from exc
-        return psi.parse_pressure(data.decode("ascii", "replace"))
+            target.psi_fd = os.open(os.path.join(v2_dir, "cpu.pressure"), os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return False
+        return True
 
 
 class _NotVisible(CgshimError):
