@@ -124,6 +124,8 @@ class TaskstatsSocket:
     def family_id(self) -> int:
         """The TASKSTATS generic netlink family id (resolved once, then cached)."""
         with self._lock:
+            if self._sock is None:
+                raise NetlinkError(errno.EBADF, "the TaskstatsSocket is closed")
             return self._family_locked()
 
     def cgroupstats(self, dir_fd: int) -> TaskCounts:
@@ -133,6 +135,9 @@ class TaskstatsSocket:
         NetlinkError(ENOENT) for a removed cgroup, NetlinkError(EBADF) when ``dir_fd``
         is not open (the kernel then answers with nothing but the ACK).
         """
+        dir_fd = int(dir_fd)
+        if not 0 <= dir_fd <= 0x7FFFFFFF:
+            raise NetlinkError(errno.EBADF, f"cgroupstats: {dir_fd} is not a file descriptor")
         with self._lock:
             msgs = self._request_family(CGROUPSTATS_CMD_GET, "TASKSTATS_CMD_ATTR_PID", dir_fd)
             if not msgs:
@@ -154,6 +159,9 @@ class TaskstatsSocket:
         Needs CAP_NET_ADMIN (else NetlinkError(EPERM)); NetlinkError(ESRCH) when no such
         task exists. Returns a :class:`cgshim.taskstats_struct.TaskStats`.
         """
+        pid = int(pid)
+        if not 0 < pid <= 0x7FFFFFFF:
+            raise NetlinkError(errno.ESRCH, f"taskstats: {pid} is not a valid pid")
         attr = "TASKSTATS_CMD_ATTR_TGID" if tgid else "TASKSTATS_CMD_ATTR_PID"
         aggr = "TASKSTATS_TYPE_AGGR_TGID" if tgid else "TASKSTATS_TYPE_AGGR_PID"
         id_attr = "TASKSTATS_TYPE_TGID" if tgid else "TASKSTATS_TYPE_PID"
@@ -173,6 +181,10 @@ class TaskstatsSocket:
             if raw is None:
                 raise MalformedReply(f"TASKSTATS_CMD_NEW for {pid} lacks TASKSTATS_TYPE_STATS")
             return decode_taskstats(raw)
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
 
     def close(self) -> None:
         """Close the socket. Idempotent; later requests raise NetlinkError(EBADF)."""
@@ -222,8 +234,6 @@ class TaskstatsSocket:
 
     def _request_family(self, cmd, attr, value):
         """One request to the TASKSTATS family; re-resolves the family id once on ENOENT."""
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32:
-            raise ValueError(f"{attr} must be an int in [0, 2**32), not {value!r}")
         family = self._family_locked()
         try:
             return self._transact(self._build(cmd, attr, value), family)
