@@ -182,8 +182,9 @@ class Sampler:
     :meth:`stop`.
 
     The trackers use ``interval`` as cAdvisor uses its housekeeping interval, so a sampler with
-    ``interval=10`` and ``reader.cpu_load`` of a v1 cgroup reproduces
-    ``container_cpu_load_average_10s``. Extra :meth:`sample_once` calls while the thread runs
+    the same interval reproduces ``container_cpu_load_average_10s``: 1 s is standalone cAdvisor's
+    default ``--housekeeping_interval``, 10 s what kubelet's embedded cAdvisor sets
+    (pkg/kubelet/cadvisor/cadvisor_linux.go ``defaultHousekeepingInterval``). Extra :meth:`sample_once` calls while the thread runs
     add samples and so speed up the decay.
     """
 
