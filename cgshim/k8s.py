@@ -224,6 +224,12 @@ def discover(root=None):
     :func:`cgshim.hierarchy.hierarchy`). Only those subtrees are walked, at most four levels
     deep; ``name`` is relative to ``root``. Cgroups removed during the walk are skipped.
     CgroupNotFound if ``root`` does not exist, NotACgroup if it is not a directory.
+
+    To follow a node's containers with a :class:`cgshim.load.Sampler`::
+
+        root = "/sys/fs/cgroup"  # or the v1 cpu mount on a v1/hybrid host
+        Sampler(reader, lambda: [os.path.join(root, name) for name, k in discover(root)
+                                 if k.container_id is not None], 10)
     """
     if root is None:
         root = _default_root()

@@ -250,7 +250,7 @@ def test_discover_without_kubepods_and_bad_roots(testbed):
 
 
 @pytest.mark.kernel
-def test_discover_default_root_finds_nothing_of_ours():
+def test_discover_default_root_is_consistent():
     # The host's own tree: whatever is there must parse as what it claims to be.
     for name, parsed in discover():
         assert parse_cgroup(name) == parsed
