@@ -179,25 +179,33 @@ def _under(path_parts: list[str], top_parts: list[str]) -> bool:
     return path_parts[: len(top_parts)] == top_parts
 
 
-def _visible(mounts: list[MountInfo]) -> list[MountInfo]:
-    """Drop mounts covered by a later mount at or above their mount point.
+def _visible_cgroup_mounts(mounts: list[MountInfo]) -> list[MountInfo]:
+    """The cgroup/cgroup2 mounts not covered by a later mount at or above their mount point.
 
-    mountinfo lists mounts in the order they were made; a later mount whose mount point is
-    the same directory or an ancestor, and which the earlier one does not sit on, hides it
-    (e.g. cgroup2 mounted over the /sys/fs/cgroup tmpfs hides the v1 mounts beneath).
+    mountinfo lists mounts in the order they were made (since 6.8 sorted by their unique,
+    increasing id; before, in list order). A later mount whose mount point is the same
+    directory or an ancestor, and which the earlier one does not sit on, hides it: e.g.
+    cgroup2 mounted over the /sys/fs/cgroup tmpfs hides the v1 mounts beneath. Cost is
+    O(cgroup mounts x path depth), so hosts with thousands of pod mounts stay cheap.
     """
     by_id = {m.mount_id: m for m in mounts}
-    parts = [_components(m.mount_point) for m in mounts]
+    at: dict = {}  # mount point components -> positions of mounts there
+    for pos, m in enumerate(mounts):
+        at.setdefault(tuple(_components(m.mount_point)), []).append(pos)
     visible = []
-    for i, m in enumerate(mounts):
+    for pos, m in enumerate(mounts):
+        if m.fstype not in ("cgroup", "cgroup2"):
+            continue
         ancestors = set()
         p = m
         while p.parent_id in by_id and p.parent_id not in ancestors and p.parent_id != p.mount_id:
             ancestors.add(p.parent_id)
             p = by_id[p.parent_id]
+        parts = tuple(_components(m.mount_point))
         hidden = any(
-            _under(parts[i], parts[j]) and mounts[j].mount_id not in ancestors
-            for j in range(i + 1, len(mounts))
+            later > pos and mounts[later].mount_id not in ancestors
+            for depth in range(len(parts) + 1)
+            for later in at.get(parts[:depth], ())
         )
         if not hidden:
             visible.append(m)
@@ -221,13 +229,18 @@ def _prefer(mounts: list[Mount]) -> Mount:
 def _hierarchy_from(mounts: list[MountInfo]) -> Hierarchy:
     """Pure: the cgroup layout described by parsed mountinfo.
 
-    Mode follows systemd's detection (src/basic/cgroup-util.c cg_unified_cached), stated in
-    terms of mounts rather than statfs of /sys/fs/cgroup: v1 hierarchies that carry only a
-    name (name=systemd, kept by some hosts for old containers) bind no controller, so they
-    count for nothing; "legacy" needs a v1 controller and no cgroup2, "hybrid" both,
-    "unified" cgroup2 and no v1 controller. No cgroup controller at all -> Unsupported.
+    systemd (src/basic/cgroup-util.c cg_unified_cached) statfs()es fixed paths: cgroup2 on
+    /sys/fs/cgroup -> unified; a tmpfs there with cgroup2 on .../unified (or, v232, on
+    .../systemd) -> hybrid; else legacy. When choosing a layout it counts a controller as
+    "used by v1" when /proc/cgroups gives it a non-zero hierarchy id
+    (cg_any_controller_used_for_v1), which named hierarchies never have. cgshim keeps that
+    second rule and applies it to what is mounted, wherever it is mounted: v1 hierarchies
+    carrying only a name (name=systemd, kept on some unified hosts for old containers) count
+    for nothing. "legacy": a v1 controller hierarchy and no cgroup2; "hybrid": both;
+    "unified": cgroup2 and no v1 controller. Neither -> Unsupported. Mounts hidden under a
+    later mount are ignored; of several mounts of one hierarchy, root "/" is preferred.
     """
-    cg = [m for m in (_to_mount(mi) for mi in _visible(mounts)) if m is not None]
+    cg = [m for m in (_to_mount(mi) for mi in _visible_cgroup_mounts(mounts)) if m is not None]
     groups: dict = {}
     for m in cg:
         key = (m.version, m.controllers)

@@ -230,6 +230,47 @@ def test_nonstandard_mount_points():
     assert h.v1_mount("cpu").mount_point == "/cg/cpu"
 
 
+_CTRLS = ["cpu", "cpuacct", "memory", "pids", "blkio", "devices", "freezer"]
+
+
+@given(st.lists(st.lists(st.sampled_from(_CTRLS), min_size=1, max_size=3, unique=True), max_size=4),
+       st.booleans(), st.booleans(), st.integers(0, 300))
+def test_mode_of_generated_tables(groups, with_v2, with_named, pods):
+    """Mode follows the mounted controllers; hundreds of unrelated mounts change nothing."""
+    used = set()
+    lines = ["27 1 254:0 / / rw - ext4 /dev/vda rw", "31 27 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw"]
+    mid = 100
+    for ctrls in groups:
+        ctrls = [c for c in ctrls if c not in used]   # a controller binds to one hierarchy
+        if not ctrls:
+            continue
+        used.update(ctrls)
+        mid += 1
+        lines.append(f"{mid} 31 0:{mid} / /sys/fs/cgroup/{','.join(ctrls)} rw - cgroup cgroup "
+                     f"rw,{','.join(ctrls)}")
+    if with_named:
+        lines.append("90 31 0:90 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd")
+    if with_v2:
+        lines.append("91 31 0:91 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw")
+    lines += [f"{1000 + i} 27 0:{1000 + i} / /var/lib/kubelet/pods/p{i}/vol rw - tmpfs tmpfs rw"
+              for i in range(pods)]
+    text = "\n".join(lines) + "\n"
+    if not used and not with_v2:
+        with pytest.raises(Unsupported):
+            _h(text)
+        return
+    h = _h(text)
+    assert h.mode == {(True, True): "hybrid", (True, False): "legacy", (False, True): "unified"}[
+        (bool(used), with_v2)]
+    for c in used:
+        assert c in h.v1_mount(c).controllers
+    assert (h.v1_mount("name=systemd") is not None) == with_named
+    # remounting sysfs on /sys hides every cgroup mount below it
+    hidden = text + "5000 27 0:5000 / /sys rw - sysfs sysfs rw\n"
+    with pytest.raises(Unsupported):
+        _h(hidden)
+
+
 # ---------------------------------------------------------------- this host
 
 
