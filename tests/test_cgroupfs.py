@@ -128,6 +128,18 @@ def test_thread_lists_of_a_worker(testbed):
 
 
 @pytest.mark.kernel
+def test_threaded_cgroup_procs_is_unsupported(testbed):
+    """cgroup.procs of a threaded cgroup answers EOPNOTSUPP; cgroup.threads works."""
+    a = testbed.cgroup(2)
+    b = testbed.cgroup(2, parent=a, name="t")
+    with open(os.path.join(b, "cgroup.type"), "w") as f:
+        f.write("threaded")
+    with pytest.raises(Unsupported):
+        cgroupfs.read_thread_list(b, "cgroup.procs")
+    assert cgroupfs.read_thread_list(b) == []
+
+
+@pytest.mark.kernel
 def test_v1_and_removed_cgroups(testbed):
     d1 = testbed.cgroup(1)
     sub = testbed.cgroup(1, parent=d1, name="s")

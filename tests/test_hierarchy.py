@@ -131,6 +131,7 @@ def _mount_line(draw):
 
 
 @given(st.lists(_mount_line(), max_size=6))
+@settings(deadline=None)
 def test_parse_round_trip(items):
     text = "".join(line + "\n" for _, line in items)
     parsed = parse_mountinfo(text)
@@ -235,6 +236,7 @@ _CTRLS = ["cpu", "cpuacct", "memory", "pids", "blkio", "devices", "freezer"]
 
 @given(st.lists(st.lists(st.sampled_from(_CTRLS), min_size=1, max_size=3, unique=True), max_size=4),
        st.booleans(), st.booleans(), st.integers(0, 300))
+@settings(deadline=None, max_examples=60)
 def test_mode_of_generated_tables(groups, with_v2, with_named, pods):
     """Mode follows the mounted controllers; hundreds of unrelated mounts change nothing."""
     used = set()
