@@ -1,0 +1,549 @@
+"""Prometheus exporter: cAdvisor's container load metrics, served again on every cgroup host.
+
+cAdvisor >= 0.60 refuses its load reader on cgroup v2 and kubelet 1.36 dropped the metrics;
+this exporter serves them under cAdvisor's names, help texts and types (google/cadvisor
+metrics/prometheus.go), so existing dashboards and alerts keep working:
+
+- ``container_cpu_load_average_10s``, ``container_cpu_load_d_average_10s`` (gauges): milli-load,
+  ``int32(avg*1000)`` of the smoothed nr_running / nr_uninterruptible (:class:`cgshim.load.LoadTracker`),
+  with the sampling interval in the role of cAdvisor's housekeeping interval;
+- ``container_tasks_state{state}`` (gauge), state = sleeping | running | stopped |
+  uninterruptible | iowaiting. A count the backend cannot know is left out, never shown as 0:
+  no ``iowaiting`` from the /proc scan (in_iowait is not in /proc), no state at all for a
+  PSI-only reading. What the counts mean per backend: :class:`cgshim.model.CpuLoad`;
+- ``container_pressure_{cpu,memory,io}_{waiting,stalled}_seconds_total`` (counters): PSI ``some``
+  / ``full`` totals in seconds, from the cgroup2 directory (on a hybrid host, the v1 cgroup's
+  twin in the unified hierarchy). Only where the file exists; ``stalled`` only where the file
+  has a ``full`` line (no zero series for absent PSI, unlike cAdvisor).
+
+and two of its own: ``cgshim_load_source{id,source}`` (1 per cgroup; source = netlink | scan |
+psi) and ``cgshim_sampling_errors_total{error}`` (failed readings by cgshim error class), plus
+``cgshim_cgroups`` (cgroups with a reading) and the standard ``process_*`` metrics.
+
+Labels. Every per-cgroup series carries ``id``: the cgroup's name within its hierarchy, as
+cAdvisor writes it ("/kubepods.slice/..."; :attr:`cgshim.hierarchy.Resolved.name`), and
+``pod_uid``, ``container_id``, ``qos`` from :func:`cgshim.k8s.parse_cgroup`. A metric's label
+set is fixed, so for a cgroup that is not a pod or container (and ``container_id`` of a pod
+cgroup) those values are the empty string, which PromQL treats exactly like an absent label:
+``container_cpu_load_average_10s{id="/system.slice"}`` selects the same series cAdvisor's did.
+No sample timestamps are attached (the scrape time is used).
+
+Sampling. The cgroups exported are each root and all its descendants, found again with
+:func:`cgshim.cgroupfs.walk` at every tick, so cgroups that appear are picked up and removed
+ones are dropped (with their series) at the next tick. One :class:`cgshim.load.Sampler` thread
+reads them every ``interval`` seconds, CPU load and memory/io pressure alike; a scrape only
+formats the latest figures and never touches a cgroup file. If two roots name the same cgroup
+(a hybrid host's v1 and cgroup2 trees both hold ``/x``), the first root given wins: ids stay
+unique.
+
+HTTP. ``GET /metrics`` (query strings are ignored), ``GET /healthz`` (200 once the sampler has
+produced a reading and while its thread runs, else 503), anything else 404. No request
+selects a file or a cgroup: the set is fixed by the roots given at start. Binds 127.0.0.1
+unless told otherwise.
+
+Entry points: :func:`serve` (used by ``python -m cgshim serve``) and this module's own
+:func:`main`, ``python -m cgshim.exporter [--listen HOST:PORT] [--interval S] [--root PATH ...]``
+with the same options. Exit status of main: 0 after SIGTERM/SIGINT, 1 on a runtime error
+(bad root, address in use, sampler failure), 2 on bad usage.
+"""
+import argparse
+import os
+import signal
+import socket
+import socketserver
+import sys
+import threading
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import attrs
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from . import cgroupfs, k8s, psi
+from .errors import CgroupNotFound, CgshimError
+# from-imports: the package may rebind the name ``cgshim.hierarchy`` to the function.
+from .hierarchy import Resolved, hierarchy as _load_hierarchy, resolve as _resolve, twin_v2 as _twin_v2
+from .load import Sampler
+from .reader import Reader
+
+__all__ = ["Exporter", "Reading", "serve", "main", "DEFAULT_LISTEN"]
+
+DEFAULT_LISTEN = "127.0.0.1:9560"
+
+_BASE_LABELS = ("id", "pod_uid", "container_id", "qos")
+# (CpuLoad field, cAdvisor's state label), in cAdvisor's order.
+_STATES = (("nr_sleeping", "sleeping"), ("nr_running", "running"), ("nr_stopped", "stopped"),
+           ("nr_uninterruptible", "uninterruptible"), ("nr_io_wait", "iowaiting"))
+_PSI_RESOURCES = (("cpu", "CPU"), ("memory", "memory"), ("io", "IO"))
+
+
+@attrs.frozen
+class _Cgroup:
+    """A cgroup in the exported set: where it is, and its labels."""
+
+    resolved: Resolved
+    labels: tuple  # values of _BASE_LABELS
+
+
+@attrs.frozen
+class Reading:
+    """One tick's reading of a cgroup, as the exporter's Sampler stores it.
+
+    ``cpu_load`` is the :class:`cgshim.model.CpuLoad` (its ``pressure`` is cpu.pressure);
+    ``memory`` and ``io`` are :class:`cgshim.psi.Pressure` or None where the file is absent.
+    ``nr_running`` / ``nr_uninterruptible`` are the CpuLoad's, for the Sampler's tracker.
+    """
+
+    cgroup: _Cgroup
+    cpu_load: object
+    memory: object
+    io: object
+
+    @property
+    def nr_running(self):
+        return self.cpu_load.nr_running
+
+    @property
+    def nr_uninterruptible(self):
+        return self.cpu_load.nr_uninterruptible
+
+
+def _cadvisor_id(name):
+    """The cgroup name as cAdvisor writes it.
+
+    Seen from inside a cgroup namespace (a pod's), a bind of the host's whole hierarchy shows
+    its root in mountinfo as "/../.." (kernel/cgroup cgroup_show_path), which
+    :func:`cgshim.hierarchy.resolve` carries into the name. Those leading ".." lead from the
+    namespace root up to the real root, so the host-relative name is what follows them.
+    """
+    parts = [p for p in name.split("/") if p]
+    while parts and parts[0] == "..":
+        parts.pop(0)
+    return "/" + "/".join(parts)
+
+
+def _labels(cgroup_id):
+    parsed = k8s.parse_cgroup(cgroup_id)
+    if parsed is None:
+        return (cgroup_id, "", "", "")
+    return (cgroup_id, parsed.pod_uid, parsed.container_id or "", parsed.qos)
+
+
+class _Collector:
+    """prometheus_client custom collector over an Exporter's latest readings."""
+
+    def __init__(self, exporter):
+        self._exporter = exporter
+
+    def describe(self):
+        return []  # families vary with what is present; nothing to check at register time
+
+    def collect(self):
+        return self._exporter._families()
+
+
+class Exporter:
+    """Samples ``roots`` and all their descendant cgroups every ``interval`` seconds and serves
+    the readings as Prometheus metrics (see the module docstring).
+
+    ``roots``: cgroup directories or names, as :func:`cgshim.hierarchy.resolve` accepts them;
+    each must exist now (CgroupNotFound / NotACgroup otherwise); one that is removed later is
+    counted as a sampling error at each tick until it comes back. ``reader``: a
+    :class:`cgshim.reader.Reader` to use (it stays the caller's); by default the Exporter makes
+    one and closes it in :meth:`stop`.
+
+    ``registry`` is the exporter's own CollectorRegistry (not prometheus_client's global one);
+    :meth:`wsgi_app` serves it. Use as a context manager, or :meth:`start` / :meth:`stop`.
+    """
+
+    def __init__(self, roots, interval=1.0, *, reader=None):
+        if isinstance(roots, (str, bytes)):
+            raise TypeError("roots must be a list of cgroup paths, not one string")
+        roots = list(roots)
+        if not roots:
+            raise ValueError("roots must name at least one cgroup")
+        self._own_reader = reader is None
+        self._reader = Reader() if reader is None else reader
+        try:
+            self._hier = getattr(self._reader, "hierarchy", None) or _load_hierarchy()
+            # Resolved now, so that a mistyped root fails at start, not silently at each tick.
+            self._roots = [_resolve(root, self._hier) for root in roots]
+            self._lock = threading.Lock()  # guards _cgroups, _errors, _ticks
+            self._cgroups = {}  # path -> _Cgroup, the set of the last tick
+            self._errors = {}  # cgshim error class name -> count
+            self._ticks = 0
+            self._sampler = Sampler(_SamplingReader(self), self._paths, interval,
+                                    on_error=self._count_error)
+        except BaseException:
+            if self._own_reader:
+                self._reader.close()
+            raise
+        self.registry = CollectorRegistry()
+        self.registry.register(_Collector(self))
+        ProcessCollector(registry=self.registry)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def interval(self):
+        return self._sampler.interval
+
+    @property
+    def roots(self):
+        """The roots as resolved at start (absolute directories)."""
+        return [r.path for r in self._roots]
+
+    def start(self):
+        """Start the sampler thread (the first tick happens at once)."""
+        self._sampler.start()
+        return self
+
+    def stop(self):
+        """Stop the sampler thread, wait for it, and close the Reader if it is ours.
+        Re-raises an exception that ended the sampler (a bug, not a CgshimError)."""
+        try:
+            self._sampler.stop()
+        finally:
+            if self._own_reader:
+                self._reader.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def sample_once(self):
+        """Take one tick now, on the calling thread (tests; the thread does this itself)."""
+        self._sampler.sample_once()
+
+    @property
+    def sampler_exception(self):
+        """The exception that ended the sampler thread, or None."""
+        return self._sampler.exception
+
+    def ready(self):
+        """True while the sampler thread runs and has completed a tick."""
+        if not self._sampler.running:
+            return False
+        with self._lock:
+            ticks = self._ticks
+        return ticks >= 2 or bool(self._sampler.snapshot())
+
+    def error_counts(self):
+        """cgshim error class name -> failed readings so far."""
+        with self._lock:
+            return dict(self._errors)
+
+    # -- sampling (sampler thread) ----------------------------------------------------------
+    def _count_error(self, path, exc):
+        name = type(exc).__name__
+        with self._lock:
+            self._errors[name] = self._errors.get(name, 0) + 1
+
+    def _paths(self):
+        """The current set: each root and its descendants, first root winning a shared id."""
+        found = {}
+        seen_ids = set()
+        for root in self._roots:
+            try:
+                paths = [root.path, *cgroupfs.walk(root.path)]
+            except CgshimError as exc:  # the root itself was removed, or became unreadable
+                self._count_error(root.path, exc)
+                continue
+            with self._lock:
+                known = dict(self._cgroups)
+            for path in paths:
+                if path in found:
+                    continue
+                cgroup = known.get(path)
+                if cgroup is None:
+                    cgroup = self._describe(root, path)
+                if cgroup.labels[0] in seen_ids:
+                    continue
+                seen_ids.add(cgroup.labels[0])
+                found[path] = cgroup
+        with self._lock:
+            gone = [p for p in self._cgroups if p not in found]
+            self._cgroups = found
+            self._ticks += 1
+        for path in gone:
+            self._release(path)
+        return list(found)
+
+    def _describe(self, root, path):
+        rel = os.path.relpath(path, root.path)
+        parts = [] if rel == "." else rel.split(os.sep)
+        name = "/" + "/".join([p for p in root.name.split("/") if p] + parts)
+        resolved = Resolved(path=path, name=name, version=root.version, mount=root.mount)
+        return _Cgroup(resolved=resolved, labels=_labels(_cadvisor_id(name)))
+
+    def _release(self, path):
+        """Let the Reader close what it holds for a cgroup that left the set."""
+        forget = getattr(self._reader, "forget", None)
+        if forget is not None:
+            forget(path)
+            return
+        # Without Reader.forget: a read of a removed cgroup raises CgroupNotFound, and the
+        # Reader then drops that path's cached fds (a live one is simply read once more).
+        try:
+            self._reader.cpu_load(path)
+        except CgshimError:
+            pass
+
+    def _pressure(self, cgroup, resource):
+        resolved = cgroup.resolved
+        v2_dir = resolved.path if resolved.version == 2 else _twin_v2(resolved, self._hier)
+        if v2_dir is None:
+            return None
+        try:
+            return psi.read_pressure(os.path.join(v2_dir, f"{resource}.pressure"))
+        except CgroupNotFound:
+            return None  # removed meanwhile: the next tick drops it
+        except CgshimError as exc:
+            self._count_error(resolved.path, exc)
+            return None
+
+    # -- scrape ------------------------------------------------------------------------------
+    def _families(self):
+        samples = self._sampler.snapshot()
+        load = GaugeMetricFamily(
+            "container_cpu_load_average_10s",
+            "Value of container cpu load average over the last 10 seconds.", labels=_BASE_LABELS)
+        load_d = GaugeMetricFamily(
+            "container_cpu_load_d_average_10s",
+            "Value of container cpu load.d average over the last 10 seconds.", labels=_BASE_LABELS)
+        tasks = GaugeMetricFamily(
+            "container_tasks_state", "Number of tasks in given state",
+            labels=_BASE_LABELS + ("state",))
+        pressure = {}
+        for resource, word in _PSI_RESOURCES:
+            pressure[resource, "some"] = CounterMetricFamily(
+                f"container_pressure_{resource}_waiting_seconds_total",
+                f"Total time duration tasks in the container have waited due to {word} congestion.",
+                labels=_BASE_LABELS)
+            pressure[resource, "full"] = CounterMetricFamily(
+                f"container_pressure_{resource}_stalled_seconds_total",
+                f"Total time duration no tasks in the container could make progress due to "
+                f"{word} congestion.", labels=_BASE_LABELS)
+        source = GaugeMetricFamily(
+            "cgshim_load_source",
+            "1 per cgroup: how its task counts were read (netlink: CGROUPSTATS on cgroup v1, "
+            "scan: thread states in /proc, psi: counts unavailable).", labels=("id", "source"))
+        for _, sample in sorted(samples.items()):
+            reading = sample.cpu_load
+            if not isinstance(reading, Reading):
+                continue
+            labels = list(reading.cgroup.labels)
+            cpu = reading.cpu_load
+            if sample.milli_load is not None:
+                load.add_metric(labels, sample.milli_load)
+                load_d.add_metric(labels, sample.milli_load_d)
+            for field, state in _STATES:
+                value = getattr(cpu, field)
+                if value is not None:
+                    tasks.add_metric(labels + [state], value)
+            for resource, lines in (("cpu", cpu.pressure), ("memory", reading.memory),
+                                    ("io", reading.io)):
+                if lines is None:
+                    continue
+                pressure[resource, "some"].add_metric(labels, lines.some.total_usec / 1e6)
+                if lines.full is not None:
+                    pressure[resource, "full"].add_metric(labels, lines.full.total_usec / 1e6)
+            source.add_metric([labels[0], cpu.source], 1)
+        errors = CounterMetricFamily(
+            "cgshim_sampling_errors",
+            "Failed cgroup readings by the sampler, by cgshim error class.", labels=("error",))
+        for name, count in sorted(self.error_counts().items()):
+            errors.add_metric([name], count)
+        cgroups = GaugeMetricFamily("cgshim_cgroups", "Cgroups with a current reading.",
+                                    value=len(samples))
+        return [load, load_d, tasks, *pressure.values(), source, errors, cgroups]
+
+    # -- HTTP ----------------------------------------------------------------------------------
+    def wsgi_app(self):
+        """A WSGI app: /metrics, /healthz, 404 for anything else; query strings ignored."""
+        metrics = make_wsgi_app(self.registry)
+
+        def app(environ, start_response):
+            path = environ.get("PATH_INFO", "")
+            method = environ.get("REQUEST_METHOD", "GET")
+            if path not in ("/metrics", "/healthz"):
+                return _plain(start_response, "404 Not Found", b"not found: try /metrics\n")
+            if method not in ("GET", "HEAD"):
+                return _plain(start_response, "405 Method Not Allowed", b"use GET\n",
+                              [("Allow", "GET, HEAD")])
+            if path == "/healthz":
+                if self.ready():
+                    return _plain(start_response, "200 OK", b"ok\n")
+                return _plain(start_response, "503 Service Unavailable", b"not sampling\n")
+            # No parameter of ours; prometheus_client's name[] filter is not offered either.
+            clean = dict(environ, QUERY_STRING="", REQUEST_METHOD="GET")
+            return metrics(clean, start_response)
+
+        return app
+
+
+class _SamplingReader:
+    """What the Exporter's Sampler reads through: the Reader's CpuLoad plus memory and io
+    pressure of the same cgroup, so that every file is read on the sampler thread."""
+
+    def __init__(self, exporter):
+        self._exporter = exporter
+
+    def cpu_load(self, path, *, recursive=False):
+        exporter = self._exporter
+        with exporter._lock:
+            cgroup = exporter._cgroups.get(path)
+        if cgroup is None:  # left the set since the tick began
+            raise CgroupNotFound(f"{path}: no longer in the exported set")
+        cpu = exporter._reader.cpu_load(path, recursive=recursive)
+        return Reading(cgroup=cgroup, cpu_load=cpu, memory=exporter._pressure(cgroup, "memory"),
+                       io=exporter._pressure(cgroup, "io"))
+
+
+def _plain(start_response, status, body, extra=()):
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                            ("Content-Length", str(len(body))), *extra])
+    return [body]
+
+
+# ------------------------------------------------------------------------------- serving
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = 10  # seconds a client may take to send its request: slow clients cannot pile up
+
+    def log_message(self, format, *args):  # noqa: A002 -- the base class's name
+        pass
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def parse_listen(listen):
+    """``"HOST:PORT"`` or ``"[V6ADDR]:PORT"`` -> (host, port). ValueError if malformed."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"listen address {listen!r} is not HOST:PORT (e.g. 127.0.0.1:9560, "
+                         "[::1]:9560, 0.0.0.0:9560)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def _default_roots():
+    """The host's whole tree: the cgroup2 mount on a unified host, the v1 ``cpu`` mount on a
+    legacy or hybrid one (where kubelet and cAdvisor read CPU load; PSI then comes from each
+    cgroup's twin in the unified hierarchy, where there is one)."""
+    hier = _load_hierarchy()
+    cpu = hier.v1_mount("cpu")
+    if cpu is not None:
+        return [cpu.mount_point]
+    return [hier.v2.mount_point]
+
+
+def _make_server(listen, app):
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server_class = type("_BoundServer", (_Server,), {"address_family": family})
+    return make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+
+
+def serve(listen=DEFAULT_LISTEN, interval=1.0, roots=None, *, stop=None):
+    """Serve the exporter's /metrics on ``listen`` until SIGTERM or SIGINT (or until the
+    ``stop`` threading.Event is set), then stop the HTTP server and the sampler cleanly.
+
+    ``roots``: cgroup directories or names to export with all their descendants (default: the
+    host's whole tree, see :func:`_default_roots`). Call from the main thread: the signals are
+    blocked in all threads and taken by the main one. Prints the bound address to stderr (port
+    0 picks a free one). Raises CgshimError for a bad root, OSError if the address cannot be
+    bound, and re-raises an exception that ended the sampler.
+    """
+    signals = {signal.SIGTERM, signal.SIGINT}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # before any thread starts
+    try:
+        exporter = Exporter(roots if roots else _default_roots(), interval)
+        try:
+            server = _make_server(listen, exporter.wsgi_app())
+        except BaseException:
+            exporter.stop()
+            raise
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
+                                  name="cgshim-http", daemon=True)
+        try:
+            exporter.start()
+            thread.start()
+            host, port = server.server_address[:2]
+            shown = f"[{host}]" if ":" in host else host
+            print(f"cgshim exporter: serving http://{shown}:{port}/metrics, interval "
+                  f"{exporter.interval:g} s, roots {' '.join(exporter.roots)}",
+                  file=sys.stderr, flush=True)
+            while stop is None or not stop.is_set():
+                if signal.sigtimedwait(signals, 0.5) is not None:
+                    break
+                if exporter.sampler_exception is not None:
+                    break
+        finally:
+            if thread.is_alive():
+                server.shutdown()
+            server.server_close()
+            exporter.stop()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _interval(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"interval must be > 0 seconds, got {text}")
+    return value
+
+
+def _listen(text):
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_arguments(parser):
+    """The serve options (shared with ``python -m cgshim serve``)."""
+    parser.add_argument("--listen", default=DEFAULT_LISTEN, type=_listen, metavar="HOST:PORT",
+                        help=f"address to serve /metrics on (default {DEFAULT_LISTEN}; "
+                             "0.0.0.0:9560 to be scraped from other hosts)")
+    parser.add_argument("--interval", default=1.0, type=_interval, metavar="SECONDS",
+                        help="sampling interval, also the load average's housekeeping interval "
+                             "(default 1)")
+    parser.add_argument("--root", action="append", default=None, metavar="PATH", dest="roots",
+                        help="cgroup directory or name to export with all its descendants; "
+                             "repeatable (default: the host's whole cgroup tree)")
+    return parser
+
+
+def main(argv=None):
+    """``python -m cgshim.exporter``: the exporter's own entry point (same options as
+    ``python -m cgshim serve``). Returns the exit status."""
+    parser = add_arguments(argparse.ArgumentParser(
+        prog="python -m cgshim.exporter",
+        description="Serve cAdvisor's container load metrics (and PSI) for cgroups, on any "
+                    "cgroup host. Exit 0 after SIGTERM/SIGINT, 1 on error, 2 on bad usage."))
+    args = parser.parse_args(argv)
+    try:
+        serve(args.listen, args.interval, args.roots)
+    except (CgshimError, OSError) as exc:
+        print(f"cgshim exporter: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a sampler bug re-raised by serve: report, non-zero exit
+        print(f"cgshim exporter: sampler failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""The exporter as a subprocess on a loopback port, scraped over real HTTP, reading real
+testbed cgroups with threads in known states (cgshim/exporter.py)."""
+import errno
+import http.client
+import math
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cgshim import testbed as _testbed
+
+pytestmark = pytest.mark.kernel
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INTERVAL = 0.2
+PRESSURE = [f"container_pressure_{r}_{k}_seconds_total"
+            for r in ("cpu", "memory", "io") for k in ("waiting", "stalled")]
+NOBODY = 65534
+
+# Runs the exporter as an unprivileged user: everything is imported as root (the interpreter
+# lives where nobody may not read), then uid/gid drop to nobody, which clears every
+# capability -- what the DaemonSet promises works (runAsNonRoot, capabilities: drop ALL).
+_AS_NOBODY = f"""
+import os, sys
+import encodings.idna  # socket's name lookups load it lazily
+import cgshim.exporter, cgshim.reader, cgshim.netlink, cgshim.procstat
+os.setgroups([])
+os.setgid({NOBODY})
+os.setuid({NOBODY})
+sys.exit(cgshim.exporter.main(sys.argv[1:]))
+"""
+
+
+class Exporter:
+    """A running ``python -m cgshim.exporter`` subprocess on 127.0.0.1 and a free port."""
+
+    def __init__(self, roots, *, as_nobody=False):
+        argv = ["--listen", "127.0.0.1:0", "--interval", str(INTERVAL)]
+        for root in roots:
+            argv += ["--root", root]
+        if as_nobody:
+            cmd = [sys.executable, "-c", _AS_NOBODY, *argv]
+        else:
+            cmd = [sys.executable, "-m", "cgshim.exporter", *argv]
+        env = dict(os.environ, PYTHONPATH=REPO, PYTHONDONTWRITEBYTECODE="1")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.pid = self.proc.pid
+        self.port = None
+        try:
+            self.port = self._read_port(timeout=30)
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_port(self, timeout):
+        buf = b""
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stderr, selectors.EVENT_READ)
+            while b"\n" not in buf:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    raise AssertionError(f"exporter did not start within {timeout} s: {buf!r}")
+                chunk = os.read(self.proc.stderr.fileno(), 4096)
+                if not chunk:
+                    raise AssertionError(f"exporter exited ({self.proc.wait(5)}): {buf!r}")
+                buf += chunk
+        line = buf.split(b"\n")[0].decode()
+        assert "serving http://127.0.0.1:" in line, line
+        return int(line.split("http://127.0.0.1:")[1].split("/")[0])
+
+    def close(self):
+        """SIGTERM, bounded wait, SIGKILL if it did not stop; return its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc.stderr.close()
+        return self.proc.returncode
+
+    def request(self, path, method="GET"):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request(method, path)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def scrape(self):
+        """One scrape of /metrics (must answer 200): {sample name: [(labels, value)]}."""
+        status, body = self.request("/metrics")
+        assert status == 200, (status, body[:300])
+        out = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for s in family.samples:
+                out.setdefault(s.name, []).append((s.labels, s.value))
+        return out
+
+    def wait_for(self, predicate, what, timeout=20.0):
+        """Scrape every interval until ``predicate(samples)`` is truthy; fail after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            samples = self.scrape()
+            result = predicate(samples)
+            if result:
+                return samples
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not seen within {timeout} s: {what}")
+            time.sleep(INTERVAL / 2)
+
+    def fds(self):
+        """Targets of the exporter's open fds."""
+        out = []
+        for name in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                out.append(os.readlink(f"/proc/{self.pid}/fd/{name}"))
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+        return out
+
+
+@pytest.fixture
+def start_exporter():
+    started = []
+
+    def start(roots, **kw):
+        exp = Exporter(roots, **kw)
+        started.append(exp)
+        return exp
+
+    yield start
+    for exp in started:
+        exp.close()
+
+
+def cg_id(path, mount):
+    return "/" + os.path.relpath(path, mount)
+
+
+def series(samples, name, cgroup_id, **labels):
+    """Values of ``name`` for that id (and labels), as {state or '': value}."""
+    return [v for lab, v in samples.get(name, []) if lab.get("id") == cgroup_id
+            and all(lab.get(k) == x for k, x in labels.items())]
+
+
+def states(samples, cgroup_id):
+    return {lab["state"]: v for lab, v in samples.get("container_tasks_state", [])
+            if lab["id"] == cgroup_id}
+
+
+def has_full_line(path):
+    with open(path) as f:
+        return any(line.startswith("full ") for line in f)
+
+
+def milli_loads(interval, running, n):
+    """cAdvisor's figures for a cgroup whose first sample had 0 running and every later one
+    ``running``: the set of int32(avg*1000) after 1..n such samples (load.py's formula)."""
+    decay = math.exp(-interval / 10.0)
+    avg, out = 0.0, set()
+    for _ in range(n):
+        avg = avg * decay + running * (1.0 - decay)
+        out.add(math.trunc(avg * 1000.0))
+    return out
+
+
+def _check_known_cgroups(exp, bed, a, b, c1, c2, *, busy=True):
+    v1, v2 = bed.root(1), bed.root(2)
+    ida, idb, idc = cg_id(a, v2), cg_id(b, v1), cg_id(c1, v1)
+    s = exp.wait_for(lambda s: all(states(s, i) for i in (ida, idb, idc)),
+                     "container_tasks_state of the three test cgroups")
+
+    # v2 cgroup A: counted by the /proc scan: every S thread, and no iowaiting (unknowable).
+    assert states(s, ida) == {"sleeping": 3, "running": 0, "stopped": 0, "uninterruptible": 0}
+    # v1 cgroup B: the kernel's CGROUPSTATS counts (pipe sleeps count), iowaiting included.
+    assert states(s, idb) == {"sleeping": 2, "running": 0, "stopped": 2, "uninterruptible": 0,
+                              "iowaiting": 0}
+    assert states(s, idc) == {"sleeping": 2, "running": 0, "stopped": 0, "uninterruptible": 0,
+                              "iowaiting": 0}
+    for i in (ida, idb, idc):
+        assert series(s, "container_cpu_load_average_10s", i) == [0]
+        assert series(s, "container_cpu_load_d_average_10s", i) == [0]
+        # Not pod cgroups: the k8s labels are there, empty.
+        (lab, _), = [x for x in s["container_cpu_load_average_10s"] if x[0]["id"] == i]
+        assert (lab["pod_uid"], lab["container_id"], lab["qos"]) == ("", "", "")
+    assert series(s, "cgshim_load_source", ida, source="scan") == [1]
+    assert series(s, "cgshim_load_source", idb, source="netlink") == [1]
+    assert series(s, "cgshim_load_source", idc, source="netlink") == [1]
+    assert len([x for x in s["cgshim_load_source"] if x[0]["id"] in (ida, idb, idc)]) == 3
+
+    # PSI: present for the cgroup2 cgroup and for the v1 cgroup with a twin (C2), with a
+    # stalled series exactly where the file has a "full" line; nothing for B (no twin).
+    for name in PRESSURE:
+        assert series(s, name, idb) == [], name
+    for cgroup_id, v2_dir in ((ida, a), (idc, c2)):
+        for res in ("cpu", "memory", "io"):
+            waiting = series(s, f"container_pressure_{res}_waiting_seconds_total", cgroup_id)
+            stalled = series(s, f"container_pressure_{res}_stalled_seconds_total", cgroup_id)
+            assert len(waiting) == 1 and waiting[0] >= 0, (res, waiting)
+            full = has_full_line(os.path.join(v2_dir, f"{res}.pressure"))
+            assert len(stalled) == (1 if full else 0), (res, stalled)
+            if full:
+                assert 0 <= stalled[0] <= waiting[0]
+
+    if not busy:
+        return
+    # One busy thread into A and into B: running goes to 1 and the load average climbs from
+    # 0 towards 1000 by cAdvisor's recurrence, one step per sample.
+    bed.spawn(busy=True, cgroups=[a])
+    bed.spawn(busy=True, cgroups=[b])
+    seen = {ida: [], idb: []}
+
+    def climbed(s):
+        for i in seen:
+            assert states(s, i)["running"] in (0, 1)
+            seen[i] += series(s, "container_cpu_load_average_10s", i)
+        return all(v and v[-1] >= 150 for v in seen.values())
+
+    exp.wait_for(climbed, "load average of A and B >= 150 milli-load", timeout=30)
+    allowed = milli_loads(INTERVAL, 1, 2000) | {0}
+    for i, values in seen.items():
+        assert values == sorted(values), (i, values)  # never falls while the thread spins
+        assert set(values) <= allowed, (i, sorted(set(values) - allowed))
+        assert values[-1] < 1000
+    s = exp.scrape()
+    assert states(s, ida)["running"] == 1 and states(s, idb)["running"] == 1
+    assert series(s, "container_cpu_load_d_average_10s", ida) == [0]
+
+
+def _known_cgroups(bed):
+    """A (v2), B (v1, no twin) and C (v1 C1 with a cgroup2 twin C2 of the same name)."""
+    a = bed.cgroup(2)
+    b = bed.cgroup(1)
+    twin = f"{bed.prefix}twin-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    c1, c2 = bed.cgroup(1, name=twin), bed.cgroup(2, name=twin)
+    bed.spawn(pipe=2, cgroups=[a])            # A: 3 threads in S (main + 2 pipe readers)
+    bed.spawn(pipe=1, cgroups=[b])            # B: 2 in S ...
+    bed.spawn(pipe=1, cgroups=[b]).stop()     # ... and 2 in T
+    bed.spawn(pipe=1, cgroups=[c1, c2])       # C: 2 in S, in both hierarchies
+    return a, b, c1, c2
+
+
+def test_scrape_shows_known_threads_load_and_pressure(testbed, start_exporter):
+    a, b, c1, c2 = _known_cgroups(testbed)
+    exp = start_exporter([a, b, c1])
+    _check_known_cgroups(exp, testbed, a, b, c1, c2)
+    assert exp.close() == 0  # SIGTERM: clean stop, exit status 0
+
+
+def test_runs_unprivileged(testbed, start_exporter):
+    """As uid nobody without any capability (the DaemonSet's securityContext) the exporter
+    reads the same figures: v1 counts over netlink, v2 counts from /proc, PSI."""
+    a, b, c1, c2 = _known_cgroups(testbed)
+    exp = start_exporter([a, b, c1], as_nobody=True)
+    exp.wait_for(lambda s: "cgshim_cgroups" in s, "a first scrape")
+    with open(f"/proc/{exp.pid}/status") as f:
+        status = dict(line.split(":", 1) for line in f)
+    assert status["Uid"].split()[:2] == [str(NOBODY)] * 2
+    assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0
+    _check_known_cgroups(exp, testbed, a, b, c1, c2, busy=False)
+
+
+def test_churn_keeps_answering_and_drops_removed_cgroups(testbed, start_exporter):
+    p2, p1 = testbed.cgroup(2), testbed.cgroup(1)
+    exp = start_exporter([p2, p1])
+    v1, v2 = testbed.root(1), testbed.root(2)
+    exp.wait_for(lambda s: states(s, cg_id(p2, v2)) and states(s, cg_id(p1, v1)), "the parents")
+    time.sleep(3 * INTERVAL)
+    baseline = exp.fds()
+    workers = 0
+    removed = []
+    for round_ in range(6):
+        with _testbed.Testbed(v1_root=p1, v2_root=p2) as inner:
+            c2, c1 = inner.cgroup(2), inner.cgroup(1)
+            g2 = inner.cgroup(2, parent=c2)
+            if round_ % 2 == 0:
+                inner.spawn(pipe=1, cgroups=[c1, g2])
+                workers += 1
+            ids = [cg_id(c2, v2), cg_id(g2, v2), cg_id(c1, v1)]
+            s = exp.wait_for(lambda s: all(states(s, i) for i in ids), f"round {round_}: {ids}")
+            want = 2 if round_ % 2 == 0 else 0
+            assert states(s, ids[1])["sleeping"] == want
+            assert states(s, ids[2])["sleeping"] == want
+            removed += [c2, g2, c1]
+        # Removed (with the worker killed): every series of those ids goes within a few ticks.
+        exp.wait_for(lambda s: not any(lab.get("id") in ids for v in s.values() for lab, _ in v),
+                     f"round {round_}: series of {ids} gone", timeout=10 * INTERVAL + 5)
+    s = exp.scrape()
+    assert states(s, cg_id(p2, v2)) and states(s, cg_id(p1, v1))
+    assert s["cgshim_cgroups"] == [({}, 2)]
+    # No fd is left on a removed cgroup; the rest is bounded: at most the stat files of the
+    # workers' two threads that the scanner may still cache, plus HTTP connections closing.
+    time.sleep(3 * INTERVAL)
+    after = exp.fds()
+    names = [os.path.basename(p) for p in removed]
+    assert not [t for t in after if any(n in t for n in names)], after
+    assert len(after) <= len(baseline) + 2 * workers + 4, (baseline, after)
+
+
+def test_no_request_reaches_the_filesystem(testbed, start_exporter):
+    a = testbed.cgroup(2)
+    testbed.spawn(pipe=1, cgroups=[a])
+    exp = start_exporter([a])
+    ida = cg_id(a, testbed.root(2))
+    exp.wait_for(lambda s: states(s, ida), "the test cgroup")
+    with open("/etc/passwd", "rb") as f:
+        passwd_line = f.readline().strip()
+    assert passwd_line
+    for path in ("/../../etc/passwd", "/metrics/../../../etc/passwd", "//etc/passwd",
+                 "/etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/favicon.ico", "/metrics/x"):
+        status, body = exp.request(path)
+        assert status == 404, (path, status)
+        assert passwd_line not in body
+    for path in ("/metrics?root=/etc", "/metrics?path=/etc/passwd&name[]=process_open_fds",
+                 "/metrics?name[]=container_tasks_state"):
+        status, body = exp.request(path)
+        assert status == 200, (path, status)
+        assert passwd_line not in body
+        # query strings are ignored: the full output, for the configured cgroup only
+        ids = {s.labels.get("id") for fam in text_string_to_metric_families(body.decode())
+               for s in fam.samples} - {None}
+        assert ids == {ida}, (path, ids)
+        assert b"container_cpu_load_average_10s{" in body
+    assert exp.request("/healthz") == (200, b"ok\n")
+    assert exp.request("/metrics", method="POST")[0] == 405
