@@ -1,0 +1,195 @@
+"""deploy/: the DaemonSet validates against Kubernetes' schemas (kubernetes-validate, strict)
+and keeps the security promises made in its comments; the Prometheus scrape example is valid
+YAML whose relabeling, applied to the DaemonSet's own pod, scrapes the exporter's port."""
+import argparse
+import copy
+import os
+import re
+
+import pytest
+
+yaml = pytest.importorskip("yaml")  # a dependency of kubernetes-validate
+kv = pytest.importorskip("kubernetes_validate")
+
+from cgshim import exporter  # noqa: E402
+
+DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy")
+# recursiveReadOnly (used for the /sys/fs/cgroup mount) entered the API in 1.30.
+PINNED = "1.30.0"
+
+
+def load(name):
+    with open(os.path.join(DEPLOY, name)) as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+@pytest.fixture(scope="module")
+def daemonset():
+    docs = load("daemonset.yaml")
+    assert [d["kind"] for d in docs] == ["DaemonSet"]
+    return docs[0]
+
+
+@pytest.fixture(scope="module")
+def pod(daemonset):
+    return daemonset["spec"]["template"]["spec"]
+
+
+@pytest.fixture(scope="module")
+def container(pod):
+    (c,) = pod["containers"]
+    return c
+
+
+def versions():
+    """The pinned version and the newest one the installed kubernetes-validate ships."""
+    return sorted({PINNED, str(kv.latest_version())})
+
+
+@pytest.mark.parametrize("version", versions())
+def test_daemonset_validates_strictly(daemonset, version):
+    kv.validate(daemonset, version, strict=True)  # raises ValidationError
+
+
+def test_validation_is_live(daemonset):
+    """The validator does reject what is wrong: an unknown field, a port that is a string, and
+    recursiveReadOnly before the version that has it."""
+    bad = copy.deepcopy(daemonset)
+    bad["spec"]["template"]["spec"]["hostPIDD"] = True
+    with pytest.raises(kv.ValidationError):
+        kv.validate(bad, PINNED, strict=True)
+    bad = copy.deepcopy(daemonset)
+    bad["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "9560"
+    with pytest.raises(kv.ValidationError):
+        kv.validate(bad, PINNED, strict=True)
+    with pytest.raises(kv.ValidationError):
+        kv.validate(daemonset, "1.29.0", strict=True)
+
+
+def test_host_access_is_read_only_and_minimal(pod, container):
+    assert pod["hostPID"] is True  # host tids in /proc
+    for key in ("hostNetwork", "hostIPC"):
+        assert not pod.get(key), key
+    assert pod["automountServiceAccountToken"] is False
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert all("hostPath" in v for v in volumes.values())
+    mounts = container["volumeMounts"]
+    assert [m["mountPath"] for m in mounts] == ["/sys/fs/cgroup"]
+    (mount,) = mounts
+    assert mount["readOnly"] is True
+    assert mount["recursiveReadOnly"] in ("IfPossible", "Enabled")
+    assert volumes[mount["name"]]["hostPath"]["path"] == "/sys/fs/cgroup"
+    assert "mountPropagation" not in mount  # recursiveReadOnly requires None
+
+
+def test_runs_unprivileged_without_capabilities(pod, container):
+    sc = container["securityContext"]
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert not sc["capabilities"].get("add")
+    assert sc["privileged"] is False
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    psc = pod["securityContext"]
+    assert psc["runAsNonRoot"] is True and sc["runAsNonRoot"] is True
+    assert psc["runAsUser"] != 0 and psc["runAsGroup"] != 0
+    assert psc["seccompProfile"]["type"] == "RuntimeDefault"
+
+
+def test_resources_and_image_placeholder(container):
+    res = container["resources"]
+    for kind in ("requests", "limits"):
+        assert set(res[kind]) == {"cpu", "memory"}, kind
+    assert "PLACEHOLDER" in container["image"]
+
+
+def test_command_is_the_exporter_on_the_probed_port(pod, container):
+    cmd = container["command"]
+    assert cmd[:4] == ["python", "-m", "cgshim", "serve"]
+    # The serve options as the exporter itself parses them (shared with python -m cgshim serve).
+    args = exporter.add_arguments(argparse.ArgumentParser(exit_on_error=False)).parse_args(cmd[4:])
+    host, port = exporter.parse_listen(args.listen)
+    assert host == "0.0.0.0"  # scraped on the pod IP; see the manifest's comment
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert list(ports.values()) == [port]
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        probed = ports.get(get["port"], get["port"])  # a port name or a number
+        assert probed == port, probe
+        assert get["path"] in ("/healthz", "/metrics"), probe
+
+
+# --- the scrape example -----------------------------------------------------------------------
+
+
+def _meta_name(name):
+    """Prometheus' label-name sanitising of Kubernetes label/annotation keys."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+def relabel(labels, configs):
+    """Prometheus relabeling (keep, drop, replace; anchored regex, ';' separator, $n refs):
+    the target's labels afterwards, or None if dropped."""
+    labels = dict(labels)
+    for cfg in configs:
+        action = cfg.get("action", "replace")
+        regex = re.compile(f"^(?:{cfg.get('regex', '(.*)')})$")
+        value = cfg.get("separator", ";").join(labels.get(s, "") for s in cfg.get("source_labels", []))
+        m = regex.match(value)
+        if action == "keep":
+            if not m:
+                return None
+        elif action == "drop":
+            if m:
+                return None
+        elif action == "replace":
+            if m:
+                template = re.sub(r"\$\{?(\d+)\}?", r"\\g<\1>", cfg.get("replacement", "$1"))
+                result = m.expand(template)
+                if result:
+                    labels[cfg["target_label"]] = result
+                else:
+                    labels.pop(cfg["target_label"], None)
+        else:
+            raise AssertionError(f"unexpected relabel action {action!r}")
+    return labels
+
+
+def discovered(template, ip="10.1.2.3", node="node-a"):
+    """The labels Prometheus' kubernetes_sd role=pod gives a container port of that pod."""
+    meta = template["metadata"]
+    (c,) = template["spec"]["containers"]
+    port = c["ports"][0]["containerPort"]
+    labels = {"__address__": f"{ip}:{port}", "__metrics_path__": "/metrics",
+              "__meta_kubernetes_pod_ip": ip, "__meta_kubernetes_pod_node_name": node,
+              "__meta_kubernetes_namespace": "monitoring",
+              "__meta_kubernetes_pod_name": "cgshim-exporter-x1"}
+    for k, v in meta.get("labels", {}).items():
+        labels[f"__meta_kubernetes_pod_label_{_meta_name(k)}"] = v
+    for k, v in meta.get("annotations", {}).items():
+        labels[f"__meta_kubernetes_pod_annotation_{_meta_name(k)}"] = v
+    return labels
+
+
+def test_scrape_config_targets_the_daemonset(daemonset, container):
+    (doc,) = load("prometheus-scrape.yaml")
+    (job,) = doc["scrape_configs"]
+    assert job["job_name"]
+    assert [sd["role"] for sd in job["kubernetes_sd_configs"]] == ["pod"]
+    configs = job["relabel_configs"]
+    template = daemonset["spec"]["template"]
+    port = container["ports"][0]["containerPort"]
+
+    target = relabel(discovered(template), configs)
+    assert target is not None, "the DaemonSet's own pods are not scraped"
+    assert target["__address__"] == f"10.1.2.3:{port}"
+    assert target["__metrics_path__"] == "/metrics"
+    assert target["node"] == "node-a"
+    # `pod`/`namespace` would read as the workload's on container_* series: not attached.
+    assert "pod" not in target and "namespace" not in target
+
+    other = copy.deepcopy(template)
+    other["metadata"]["labels"] = {"app": "something-else"}
+    assert relabel(discovered(other), configs) is None
+    off = copy.deepcopy(template)
+    off["metadata"]["annotations"]["prometheus.io/scrape"] = "false"
+    assert relabel(discovered(off), configs) is None
