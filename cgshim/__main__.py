@@ -217,6 +217,8 @@ def _probe_own(hier, load_dict):
                      "load": None, "error": None}
             entries.append(entry)
             try:
+                if hier is None:
+                    raise CgshimError("the cgroup mounts are unknown (see the cgroup check)")
                 if mount is None:
                     raise CgshimError(f"this process is in {label} cgroup {line.path}, but the "
                                       f"{label} hierarchy is not mounted in this mount namespace")
@@ -404,6 +406,9 @@ def cmd_serve(args, out):
         serve(args.listen, args.interval, args.root)
     except KeyboardInterrupt:
         pass
+    except OSError as exc:  # the address cannot be bound (in use, not local, no permission)
+        print(f"cgshim serve: {args.listen}: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

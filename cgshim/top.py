@@ -30,6 +30,7 @@ from __future__ import annotations
 import json as _json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -256,7 +257,8 @@ def _plain(session, sort, interval, iterations, as_json, out):
             status = session.status()
             if status:
                 out.write(status + "\n")
-            out.write("\n".join(format_table(rows, 100)) + "\n\n")
+            width = shutil.get_terminal_size((100, 24)).columns  # $COLUMNS, else 100
+            out.write("\n".join(format_table(rows, width)) + "\n\n")
         out.flush()
         if iterations is not None and frames >= iterations:
             return 0

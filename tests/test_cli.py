@@ -5,11 +5,15 @@ CTRL_CMD_GETFAMILY, /proc/self/cgroup); ``load`` and ``taskstats`` against test-
 cgroups and workers whose states are known."""
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
 import sys
+import time
+import urllib.request
 
 import pytest
 from hypothesis import given, strategies as st
@@ -361,3 +365,51 @@ def test_taskstats_text_and_missing_pid(testbed):
     assert fields["ac_pid"].strip() == str(worker.pid)
     worker.kill()
     assert_clean_failure(cli("taskstats", str(worker.pid)), 1)
+
+
+# ----------------------------------------------------------------------------------- serve
+
+
+@pytest.mark.kernel
+def test_serve_wires_the_exporter(busy_pair):
+    """`serve` runs cgshim.exporter.serve with the CLI's options; SIGTERM ends it with 0."""
+    _, v2, _ = busy_pair
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "cgshim", "serve", "--listen", "127.0.0.1:0",
+                             "--interval", "0.2", "--root", v2], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()  # "cgshim exporter: serving http://127.0.0.1:PORT/metrics, ..."
+        m = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", line)
+        assert m, line
+        url = f"http://127.0.0.1:{m.group(1)}/metrics"
+        name = "/" + os.path.basename(v2)
+        pattern = re.compile(r'container_tasks_state\{[^}]*id="%s"[^}]*state="running"[^}]*\} (\S+)'
+                             % re.escape(name))
+        for _ in range(100):  # the first sample lands within an interval or two
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                found = pattern.search(resp.read().decode())
+            if found:
+                break
+            time.sleep(0.1)
+        assert found and float(found.group(1)) == 1.0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+@pytest.mark.kernel
+def test_serve_address_in_use_fails_cleanly():
+    require_root()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = cli("serve", "--listen", f"127.0.0.1:{port}", "--root", "/")
+    assert_clean_failure(proc, 1)
+    assert str(port) in proc.stderr

@@ -22,7 +22,8 @@ from cgshim.psi import Pressure, PressureLine
 from cgshim.top import SORT_KEYS, Row, default_roots, format_table, rows_from_snapshot, sort_rows
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+ENV = dict(os.environ, COLUMNS="200",
+           PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 # ------------------------------------------------------------------------------- pure parts
 
