@@ -12,11 +12,13 @@ import time
 import uuid
 
 import pytest
+from hypothesis import given, strategies as st
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cgshim import exporter as exporter_mod, k8s
 from cgshim import testbed as _testbed
-
-pytestmark = pytest.mark.kernel
+from cgshim.reader import Reader
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INTERVAL = 0.2
@@ -253,6 +255,7 @@ def _known_cgroups(bed):
     return a, b, c1, c2
 
 
+@pytest.mark.kernel
 def test_scrape_shows_known_threads_load_and_pressure(testbed, start_exporter):
     a, b, c1, c2 = _known_cgroups(testbed)
     exp = start_exporter([a, b, c1])
@@ -260,6 +263,7 @@ def test_scrape_shows_known_threads_load_and_pressure(testbed, start_exporter):
     assert exp.close() == 0  # SIGTERM: clean stop, exit status 0
 
 
+@pytest.mark.kernel
 def test_runs_unprivileged(testbed, start_exporter):
     """As uid nobody without any capability (the DaemonSet's securityContext) the exporter
     reads the same figures: v1 counts over netlink, v2 counts from /proc, PSI."""
@@ -273,6 +277,7 @@ def test_runs_unprivileged(testbed, start_exporter):
     _check_known_cgroups(exp, testbed, a, b, c1, c2, busy=False)
 
 
+@pytest.mark.kernel
 def test_churn_keeps_answering_and_drops_removed_cgroups(testbed, start_exporter):
     p2, p1 = testbed.cgroup(2), testbed.cgroup(1)
     exp = start_exporter([p2, p1])
@@ -310,6 +315,7 @@ def test_churn_keeps_answering_and_drops_removed_cgroups(testbed, start_exporter
     assert len(after) <= len(baseline) + 2 * workers + 4, (baseline, after)
 
 
+@pytest.mark.kernel
 def test_no_request_reaches_the_filesystem(testbed, start_exporter):
     a = testbed.cgroup(2)
     testbed.spawn(pipe=1, cgroups=[a])
@@ -336,3 +342,79 @@ def test_no_request_reaches_the_filesystem(testbed, start_exporter):
         assert b"container_cpu_load_average_10s{" in body
     assert exp.request("/healthz") == (200, b"ok\n")
     assert exp.request("/metrics", method="POST")[0] == 405
+
+
+# --- pure parts -----------------------------------------------------------------------------
+
+
+@given(st.sampled_from(["127.0.0.1", "0.0.0.0", "localhost", "[::1]", "[::]", "node-a.example"]),
+       st.integers(0, 65535))
+def test_parse_listen(host, port):
+    want = host[1:-1] if host.startswith("[") else host
+    assert exporter_mod.parse_listen(f"{host}:{port}") == (want, port)
+
+
+@pytest.mark.parametrize("bad", ["", "9560", ":9560", "127.0.0.1", "127.0.0.1:", "h:65536",
+                                 "h:-1", "h:95 60", "h:0x10"])
+def test_parse_listen_rejects(bad):
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        exporter_mod.parse_listen(bad)
+
+
+_component = st.text(st.characters(whitelist_categories=("Ll", "Nd"), whitelist_characters="-_."),
+                     min_size=1, max_size=12).filter(lambda c: c not in (".", ".."))
+
+
+@given(st.integers(0, 5), st.lists(_component, max_size=5))
+def test_cadvisor_id_strips_namespace_ascent(ups, parts):
+    """A name under a mount seen from a cgroup namespace ("/../../x") is the host's "/x"."""
+    name = "/" + "/".join([".."] * ups + parts)
+    assert exporter_mod._cadvisor_id(name) == "/" + "/".join(parts)
+
+
+# --- labels of pod and container cgroups, in process ------------------------------------------
+
+
+def _fake_mountinfo(tmp_path, mount_point, root):
+    """This host's cgroup2 mountinfo line, moved to ``mount_point`` with root ``root``: the
+    test bed's cgroup then stands for a hierarchy root, so kubelet's names fit under it."""
+    with open("/proc/self/mountinfo") as f:
+        line = next(x for x in f if " - cgroup2 " in x)
+    fields = line.split(" ")
+    fields[3], fields[4] = root, mount_point
+    path = tmp_path / "mountinfo"
+    path.write_text(" ".join(fields))
+    return str(path)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("root", ["/", "/../.."])
+def test_k8s_labels_of_pod_and_container_cgroups(testbed, tmp_path, root):
+    top = testbed.cgroup(2)
+    uid, cid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "ab" * 32
+    name = k8s.container_cgroup(uid, "burstable", cid, driver="systemd")
+    parent = top
+    for part in name.split("/"):
+        parent = testbed.cgroup(2, parent=parent, name=part)
+    testbed.spawn(pipe=1, cgroups=[parent])
+    reader = Reader(mountinfo=_fake_mountinfo(tmp_path, top, root))
+    exp = exporter_mod.Exporter([top], 1.0, reader=reader)
+    try:
+        exp.sample_once()
+        text = generate_latest(exp.registry).decode()
+    finally:
+        exp.stop()
+        reader.close()
+    labels = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "container_cpu_load_average_10s":
+            labels = {s.labels["id"]: s.labels for s in fam.samples}
+    pod_id = "/" + name.rsplit("/", 1)[0]
+    assert labels["/" + name] == {"id": "/" + name, "pod_uid": uid, "container_id": cid,
+                                  "qos": "burstable"}
+    assert labels[pod_id] == {"id": pod_id, "pod_uid": uid, "container_id": "", "qos": "burstable"}
+    assert labels["/kubepods.slice"] == {"id": "/kubepods.slice", "pod_uid": "",
+                                         "container_id": "", "qos": ""}
+    assert "/" in labels and len(labels) == 5  # the root and its four levels
+    assert 'container_tasks_state{container_id="%s",id="/%s",pod_uid="%s",qos="burstable",' \
+           'state="sleeping"} 2.0' % (cid, name, uid) in text
