@@ -257,6 +257,29 @@ def test_probe_without_cap_net_admin_reports_eperm_and_still_reads():
     assert r["readings"] == 2  # CGROUPSTATS has no capability check; the scan needs none
 
 
+@pytest.mark.kernel
+def test_probe_on_a_simulated_unified_host():
+    """cgroup2 alone (v1 hidden): the probe still reads its own cgroup, by scan, and exits 0;
+    the v1 cpu cgroup that /proc/self/cgroup still names is reported as not mounted."""
+    require_root()
+    require_kernel(shutil.which("unshare") is not None, "needs unshare (util-linux)")
+    from unified_ns import run_unified
+
+    proc = run_unified("import sys; from cgshim.__main__ import main; sys.exit(main(['--json']))")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["cgroup"]["mode"] == "unified"
+    assert [m["mount_point"] for m in r["cgroup"]["mounts"]] == ["/sys/fs/cgroup"]
+    entries = {e["hierarchy"]: e for e in r["own_cgroup"]}
+    v2 = entries["cgroup2"]
+    assert v2["ok"] and v2["directory"].startswith("/sys/fs/cgroup")
+    assert v2["load"]["source"] == "scan" and v2["load"]["nr_running"] >= 1
+    assert v2["load"]["pressure"] is not None
+    if "cpu" in entries:  # the v1 hierarchies exist in the kernel, just not mounted here
+        assert not entries["cpu"]["ok"] and "not mounted" in entries["cpu"]["error"]
+    assert r["readings"] == 1
+
+
 # ------------------------------------------------------------------------------------ load
 
 

@@ -168,6 +168,28 @@ def test_missing_root_fails_before_drawing(testbed):
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
 
 
+@pytest.mark.kernel
+def test_cgroups_come_and_go_between_refreshes(testbed):
+    from cgshim.top import _Session
+
+    parent = testbed.cgroup(2)
+    first = testbed.cgroup(2, parent=parent)
+    session = _Session([parent], 0.2)
+    try:
+        session.tick()
+        assert sorted(r.path for r in session.rows("name")) == [parent, first]
+        os.rmdir(first)  # made by the test bed (its cleanup skips a cgroup already gone)
+        second = testbed.cgroup(2, parent=parent)
+        testbed.spawn(busy=True, cgroups=(second,))
+        session.tick()
+        rows = {r.path: r for r in session.rows("load")}
+        assert sorted(rows) == [parent, second] and session.status() == ""
+        assert rows[second].running == 1 and rows[second].load == 1.0
+        assert session.rows("load")[0].path == second  # the busiest first
+    finally:
+        session.close()
+
+
 # -------------------------------------------------------------------- curses in a pty
 
 ROWS, COLS = 30, 130
@@ -275,8 +297,8 @@ class Pty:
     """``python -m cgshim top ...`` on a pseudo-terminal it has as controlling terminal
     (so Ctrl-C typed there is SIGINT), with TERM=xterm and a fixed size."""
 
-    def __init__(self, *args):
-        env = dict(ENV, TERM="xterm", LINES=str(ROWS), COLUMNS=str(COLS))
+    def __init__(self, *args, term="xterm"):
+        env = dict(ENV, TERM=term, LINES=str(ROWS), COLUMNS=str(COLS))
         argv = [sys.executable, "-m", "cgshim", "top", *args]
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # child: exec at once
@@ -345,8 +367,8 @@ class Pty:
 def term():
     opened = []
 
-    def start(*args):
-        t = Pty(*args)
+    def start(*args, **kw):
+        t = Pty(*args, **kw)
         opened.append(t)
         return t
 
@@ -408,3 +430,14 @@ def test_curses_ctrl_c_and_sigterm_quit_cleanly(busy_pair, term):
             os.kill(t.pid, signal.SIGTERM)
         assert t.wait_exit() == 0, stop
         assert_restored(t)
+
+
+@pytest.mark.kernel
+def test_unknown_terminal_falls_back_to_plain_tables(busy_pair, term):
+    v1, _ = busy_pair
+    t = term("--root", v1, "--iterations", "2", "--interval", "0.2", term="no-such-terminal-type")
+    assert t.wait_exit() == 0
+    out = t.raw.decode()
+    assert "not usable by curses" in out and "\x1b" not in out
+    assert out.count("cgshim top ") == 2
+    assert row_of(out.replace("\r", ""), cgroup_name(v1))[0] == "1"
