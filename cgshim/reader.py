@@ -130,7 +130,7 @@ class Reader:
             counts, source, reason = self._counts(target)
         except CgroupNotFound:
             # A cached resolution may be stale (removed, maybe re-created): resolve anew once.
-            self._forget(path)
+            self.forget(path)
             target = self._target(path)
             counts, source, reason = self._counts(target)
         if recursive and counts is not None:
@@ -162,7 +162,9 @@ class Reader:
                 self._targets.popitem(last=False)[1].close()
         return target
 
-    def _forget(self, path):
+    def forget(self, path):
+        """Drop what is cached for ``path`` (its resolution and held fds), e.g. once a
+        caller knows the cgroup is gone. The next read resolves it afresh."""
         with self._lock:
             target = self._targets.pop(path, None)
         if target is not None:
@@ -257,7 +259,7 @@ class Reader:
             try:
                 part, child_source, child_reason = self._counts(self._target(child))
             except CgroupNotFound:
-                self._forget(child)
+                self.forget(child)
                 continue  # removed while we walked
             if part is None:
                 raise PermissionDenied(f"{child}: {child_reason}")
