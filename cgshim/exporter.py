@@ -279,16 +279,7 @@ class Exporter:
 
     def _release(self, path):
         """Let the Reader close what it holds for a cgroup that left the set."""
-        forget = getattr(self._reader, "forget", None)
-        if forget is not None:
-            forget(path)
-            return
-        # Without Reader.forget: a read of a removed cgroup raises CgroupNotFound, and the
-        # Reader then drops that path's cached fds (a live one is simply read once more).
-        try:
-            self._reader.cpu_load(path)
-        except CgshimError:
-            pass
+        self._reader.forget(path)
 
     def _pressure(self, cgroup, resource):
         resolved = cgroup.resolved
