@@ -188,10 +188,12 @@ static void cache_offer(struct cg_scanner *sc, int32_t tid, int fd)
 
 int cg_stat_state(const char *buf, size_t len)
 {
-    const char *close_paren = memrchr(buf, ')', len);
-    if (close_paren == NULL)
-        return -EINVAL;
-    const char *p = close_paren + 1, *end = buf + len;
+    size_t i = len;
+    while (i > 0 && buf[i - 1] != ')')
+        i--;
+    if (i == 0)
+        return -EINVAL;         /* no ')' */
+    const char *p = buf + i, *end = buf + len;
     while (p < end && (*p == ' ' || *p == '\t'))
         p++;
     if (p == end)

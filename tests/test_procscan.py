@@ -1,0 +1,263 @@
+"""The thread-state scan on real cgroups (v2 cgroup.threads, v1 tasks) holding workers in
+known states, from cgshim.testbed. Needs root; marked ``kernel``."""
+import collections
+import errno
+import os
+import random
+import re
+import threading
+import time
+
+import pytest
+
+from cgshim import _native
+from cgshim.errors import CgroupNotFound
+from cgshim.procstat import STATE_FIELDS, ScanCounts, Scanner
+
+pytestmark = pytest.mark.kernel
+
+NATIVE = _native.procscan
+needs_native = pytest.mark.skipif(
+    NATIVE is None, reason=f"C scanner not built ({_native.load_errors.get('procscan')}); "
+                           "python cgshim/_native/build.py procscan")
+BACKENDS = [pytest.param(True, marks=needs_native, id="native"), pytest.param(False, id="python")]
+LIST_FILE = {1: "tasks", 2: "cgroup.threads"}
+
+
+def expected(*workers):
+    """ScanCounts the workers' settled /proc states add up to."""
+    states = {}
+    for w in workers:
+        states.update(w.expected_states())
+    counts = collections.Counter(STATE_FIELDS.get(s, "nr_other") for s in states.values())
+    return ScanCounts(nr_listed=len(states), **counts)
+
+
+def list_of(cgroup, version):
+    return os.path.join(cgroup, LIST_FILE[version])
+
+
+def pinned_scenario(testbed, *cgroups):
+    """A busy worker, one with every kind of sleeper and a SIGSTOPped one, in ``cgroups``."""
+    busy = testbed.spawn(busy=True, cgroups=cgroups)
+    sleepy = testbed.spawn(pipe=2, poll=2, futex=2, nanosleep=2, cgroups=cgroups)
+    stopped = testbed.spawn(pipe=1, futex=1, cgroups=cgroups)
+    stopped.stop()
+    return busy, sleepy, stopped
+
+
+_STAT_LINK = re.compile(r"/proc/\d+/task/(\d+)/stat$")
+
+
+def stat_fds():
+    """tids of the per-thread stat files this process holds open."""
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            m = _STAT_LINK.match(os.readlink(f"/proc/self/fd/{name}"))
+        except FileNotFoundError:
+            continue
+        if m:
+            out.append(int(m.group(1)))
+    return out
+
+
+def fd_count():
+    return len(os.listdir("/proc/self/fd")) - 1  # less the listing's own fd
+
+
+@pytest.mark.parametrize("native", BACKENDS)
+@pytest.mark.parametrize("version", [2, 1])
+def test_counts_match_the_pinned_states(testbed, native, version):
+    cg = testbed.cgroup(version)
+    workers = pinned_scenario(testbed, cg)
+    want = expected(*workers)
+    assert want.nr_running == 1 and want.nr_sleeping == 9 and want.nr_stopped == 3
+    with Scanner(native=native) as scanner:
+        for _ in range(3):  # cold, then warm (native: from cached fds)
+            assert scanner.scan_file(list_of(cg, version)) == want
+        assert scanner.cached_fds == (want.nr_listed if native else 0)
+
+
+@needs_native
+def test_v1_and_v2_and_both_backends_agree(testbed):
+    v1, v2 = testbed.cgroup(1), testbed.cgroup(2)
+    workers = pinned_scenario(testbed, v1, v2)
+    want = expected(*workers)
+    with Scanner(native=True) as native, Scanner(native=False) as python:
+        got = {(kind, v): s.scan_file(list_of(cg, v))
+               for kind, s in (("native", native), ("python", python))
+               for v, cg in ((1, v1), (2, v2))}
+    assert set(got.values()) == {want}, got
+
+
+@needs_native
+def test_dead_cached_fds_are_detected(testbed):
+    cg = testbed.cgroup(2)
+    keep = testbed.spawn(pipe=3, cgroups=[cg])
+    doomed = testbed.spawn(futex=3, cgroups=[cg])
+    path = list_of(cg, 2)
+    with Scanner(max_fds=8, native=True) as scanner:
+        assert scanner.scan_file(path) == expected(keep, doomed)
+        assert scanner.cached_fds == 8 and sorted(stat_fds()) == sorted(keep.tids + doomed.tids)
+
+        # The dead threads are no longer listed: counts drop. Their fds stay cached
+        # (bounded by max_fds) until the table needs the room.
+        doomed.kill()
+        assert scanner.scan_file(path) == expected(keep)
+        assert scanner.cached_fds == 8
+
+        # New threads in a full table push out the least recently listed: the dead ones.
+        fresh = testbed.spawn(nanosleep=3, cgroups=[cg])
+        assert scanner.scan_file(path) == expected(keep, fresh)
+        assert scanner.cached_fds == 8
+        assert sorted(stat_fds()) == sorted(keep.tids + fresh.tids)
+
+        # A listed tid whose cached fd belongs to a dead task: pread says ESRCH, the fd
+        # is closed and the path tried again (which finds nothing: vanished).
+        with open(path, "rb") as f:
+            old_list = f.read()
+        fresh.kill()
+        got = scanner.scan_bytes(old_list)
+        assert got == ScanCounts(nr_sleeping=4, nr_listed=8, nr_vanished=4)
+        assert scanner.cached_fds == 4 and sorted(stat_fds()) == sorted(keep.tids)
+
+
+def _churn(testbed, cg, stop, errors):
+    """Start workers in cg and kill them at once, until told to stop."""
+    try:
+        while not stop.is_set():
+            w = testbed.spawn(futex=12, pipe=4, cgroups=[cg], settle=False)
+            time.sleep(random.random() * 0.01)
+            w.kill()
+    except Exception as exc:  # reported by the test
+        errors.append(exc)
+
+
+@pytest.mark.parametrize("native", BACKENDS)
+def test_scans_survive_a_storm_of_exits(testbed, native):
+    cg = testbed.cgroup(2)
+    steady = testbed.spawn(pipe=2, futex=2, cgroups=[cg])
+    baseline = fd_count()
+    stop, errors = threading.Event(), []
+    churners = [threading.Thread(target=_churn, args=(testbed, cg, stop, errors)) for _ in range(2)]
+    seen_more = 0
+    with Scanner(max_fds=8, native=native) as scanner:
+        for t in churners:
+            t.start()
+        try:
+            deadline = time.monotonic() + 1.0
+            scans = 0
+            while time.monotonic() < deadline or scans < 20:
+                got = scanner.scan_file(list_of(cg, 2))
+                scans += 1
+                parts = (got.nr_running, got.nr_sleeping, got.nr_uninterruptible, got.nr_stopped,
+                         got.nr_other, got.nr_vanished, got.nr_denied)
+                assert sum(parts) == got.nr_listed and all(p >= 0 for p in parts)
+                assert got.nr_listed >= 5 and got.nr_sleeping >= 5  # the steady worker
+                assert got.nr_denied == 0 and got.nr_hidden == 0
+                seen_more += got.nr_listed > 5
+                assert scanner.cached_fds <= 8 and len(stat_fds()) <= 8
+        finally:
+            stop.set()
+            for t in churners:
+                t.join()
+        assert errors == []
+        assert seen_more > 0, "the storm never showed up in a scan"
+        assert scanner.scan_file(list_of(cg, 2)) == expected(steady)
+    assert stat_fds() == []
+    # Worker pipes of the churn are closed; only the steady worker's remain.
+    assert fd_count() == baseline
+
+
+@needs_native
+def test_fd_use_bounded_and_released(testbed):
+    cg = testbed.cgroup(2)
+    workers = [testbed.spawn(futex=20, cgroups=[cg]) for _ in range(3)]
+    baseline = fd_count()
+    scanner = Scanner(max_fds=16, native=True)
+    try:
+        for _ in range(3):
+            assert scanner.scan_file(list_of(cg, 2)) == expected(*workers)
+            assert scanner.cached_fds == 16
+            assert baseline < fd_count() <= baseline + 16 + 1  # + the proc root dup
+    finally:
+        scanner.close()
+    assert fd_count() == baseline
+    assert stat_fds() == []
+
+
+@pytest.mark.parametrize("native", BACKENDS)
+def test_removed_cgroup(testbed, native):
+    cg = testbed.cgroup(2)
+    with Scanner(native=native) as scanner:
+        assert scanner.scan_file(list_of(cg, 2)) == ScanCounts()
+        os.rmdir(cg)  # made by this test bed and empty
+        with pytest.raises(CgroupNotFound, match="cgroup.threads"):
+            scanner.scan_file(list_of(cg, 2))
+
+
+@needs_native
+@pytest.mark.parametrize("version", [2, 1])
+def test_list_read_after_removal_answers_enodev(testbed, version):
+    """The fact behind mapping ENODEV to CgroupNotFound: an open list of a removed cgroup."""
+    cg = testbed.cgroup(version)
+    fd = os.open(list_of(cg, version), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.rmdir(cg)
+        with Scanner(native=True) as scanner:
+            out = NATIVE.ffi.new("struct cg_scan_counts *")
+            assert NATIVE.lib.cg_scanner_scan_fd(scanner._sc, fd, out) == errno.ENODEV
+    finally:
+        os.close(fd)
+
+
+def test_five_thousand_threads(testbed):
+    cg = testbed.cgroup(2)
+    big = testbed.spawn(futex=5000, cgroups=[cg], settle=False)
+    big.wait_settled(timeout=60)
+    want = expected(big)
+    assert want.nr_listed == 5001
+    for native in ([True] if NATIVE is not None else []) + [False]:
+        with Scanner(native=native) as scanner:
+            assert scanner.scan_file(list_of(cg, 2)) == want
+            assert scanner.scan_file(list_of(cg, 2)) == want
+            assert scanner.cached_fds == (min(5001, scanner.max_fds) if native else 0)
+
+
+@needs_native
+def test_measure_warm_scan_cost(testbed):
+    """Prints the per-thread cost at 1000 threads (no assertion on speed)."""
+    cg = testbed.cgroup(2)
+    w = testbed.spawn(futex=999, cgroups=[cg])
+    path = list_of(cg, 2)
+    with open(path, "rb") as f:
+        data = f.read()
+    reps = 20
+
+    def per_thread(fn):
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - t0) / reps / 1000 * 1e6
+
+    with Scanner(native=True) as warm, Scanner(max_fds=0, native=True) as cold, \
+            Scanner(native=False) as python:
+        assert warm.scan_bytes(data) == expected(w)
+        us_warm = per_thread(lambda: warm.scan_bytes(data))
+        us_warm_file = per_thread(lambda: warm.scan_file(path))
+        us_cold = per_thread(lambda: cold.scan_bytes(data))
+        us_python = per_thread(lambda: python.scan_bytes(data))
+    fds = [os.open(f"/proc/{t}/task/{t}/stat", os.O_RDONLY | os.O_CLOEXEC) for t in w.tids]
+    try:
+        def floor():
+            for fd in fds:
+                os.pread(fd, 512, 0)
+        us_floor = per_thread(floor)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    print(f"\nper thread at 1000 threads: warm scan_bytes {us_warm:.2f} us, warm scan_file "
+          f"{us_warm_file:.2f} us, uncached (max_fds=0) {us_cold:.2f} us, python fallback "
+          f"{us_python:.2f} us; floor (os.pread loop on held fds) {us_floor:.2f} us")
