@@ -64,6 +64,7 @@ def main(argv=None):
     floors.lib.fl_use_clock(int(args.wall))
     ctx = cases.Context(plan, floors, results, log)
     clock = "wall clock" if args.wall else "thread CPU time"
+    log(f"measuring {report.source_state()}")
     log(f"floors built; RLIMIT_NOFILE {soft}; {'quick' if plan.quick else 'full'} run, "
         f"{plan.rounds} rounds per group, timed by {clock}")
     try:

@@ -3,6 +3,7 @@ import dataclasses
 import json
 import os
 import platform
+import subprocess
 
 from . import cases as c
 
@@ -30,7 +31,23 @@ def machine():
     except OSError:
         pass
     return {"uname": " ".join([u.sysname, u.nodename, u.release, u.version, u.machine]),
-            "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+            "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "source": source_state()}
+
+
+def source_state():
+    """The commit measured, and whether cgshim/ differed from it (uncommitted changes)."""
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=c.REPO, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown (not a git checkout)"
+    dirty = git("status", "--porcelain", "--", "cgshim")
+    return commit + (" + uncommitted changes in cgshim/" if dirty else "")
 
 
 def _us(ns):
