@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -460,15 +461,17 @@ def exporter(ctx, root):
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "cgshim.exporter", "--listen", f"127.0.0.1:{port}",
            "--interval", "0.5", "--root", root]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    errors = tempfile.TemporaryFile()  # a file, not a pipe: a chatty exporter never blocks
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=errors)
     try:
         url = f"http://127.0.0.1:{port}/metrics"
         deadline = time.monotonic() + 15
         scraped, size = 0, 0
         while scraped < ctx.plan.scrapes:
             if proc.poll() is not None:
+                errors.seek(0)
                 raise CaseError(f"exporter exited with {proc.returncode}: "
-                                f"{proc.stderr.read().decode(errors='replace')[-2000:]}")
+                                f"{errors.read().decode(errors='replace')[-2000:]}")
             try:
                 with urllib.request.urlopen(url, timeout=5) as r:
                     size = len(r.read())
@@ -488,7 +491,7 @@ def exporter(ctx, root):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        proc.stderr.close()
+        errors.close()
 
 
 CASES = [("v1 netlink", case_v1), ("taskstats", case_taskstats), ("v2 scan", case_scan),
