@@ -523,3 +523,21 @@ def test_non_utf8_and_longest_names_are_real_cgroups(testbed, version):
         name = "/" + os.path.basename(parent) + "/" + os.path.basename(odd)
         assert reader.cpu_load(name).path == odd
     assert w2.proc.poll() is None
+
+
+@pytest.mark.kernel
+def test_probe_reports_why_netlink_is_unavailable():
+    """`python -m cgshim` (the probe) under the same seccomp refusal: it still answers,
+    names the errno on its TASKSTATS line and reads by scan."""
+    require_root()
+    need_seccomp()
+    code = (_SECCOMP + "_deny_netlink_socket(1)\n"
+            "import runpy, sys\nsys.argv = ['cgshim']\n"
+            "runpy.run_module('cgshim', run_name='__main__')\n")
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd="/", capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    family = [line for line in proc.stdout.splitlines() if line.startswith("TASKSTATS family")]
+    assert family and "EPERM" in family[0], proc.stdout
+    assert "backend scan" in proc.stdout and "backend netlink" not in proc.stdout
