@@ -468,3 +468,20 @@ def test_bad_timeout_is_refused(timeout):
     need_native()
     with pytest.raises(ValueError):
         netlink.TaskstatsSocket(timeout=timeout)
+
+
+@pytest.mark.kernel
+def test_open_socket_falls_back_without_the_extension(monkeypatch):
+    require_root()
+    from cgshim import reference
+    from cgshim.errors import Unsupported
+
+    monkeypatch.setattr(_native, "netlink", None)  # as if the extension were not built
+    with pytest.raises(Unsupported):
+        netlink.TaskstatsSocket()
+    s = netlink.open_socket(timeout=1.0)
+    try:
+        assert isinstance(s, reference.TaskstatsSocket)
+        assert s.taskstats(os.getpid()).ac_pid == os.getpid()
+    finally:
+        s.close()
