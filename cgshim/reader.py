@@ -24,13 +24,16 @@ re-created cgroup of the same name is read correctly and a gone one raises Cgrou
 import collections
 import errno
 import os
+import resource
 import threading
 import time
 
 from . import cgroupfs, netlink, psi
 # from-imports: the package rebinds the name ``cgshim.hierarchy`` to the function.
 from .hierarchy import hierarchy as _load_hierarchy, resolve as _resolve, twin_v2 as _twin_v2
-from .errors import CgroupNotFound, CgshimError, NetlinkError, NetlinkTimeout, PermissionDenied
+from .errors import (
+    CgroupNotFound, CgshimError, FamilyNotFound, NetlinkError, NetlinkTimeout, PermissionDenied,
+)
 from .model import CpuLoad
 from .procstat import Scanner
 
@@ -39,14 +42,20 @@ _GONE = (errno.ENOENT, errno.ENODEV)
 # Errors that mean "netlink cannot serve this host/process", remembered for the Reader's life.
 _NETLINK_DOWN = (errno.ENOENT, errno.EPERM, errno.EACCES, errno.EPROTONOSUPPORT,
                  errno.EAFNOSUPPORT, errno.ESOCKTNOSUPPORT)
-_COUNT_FIELDS = ("nr_running", "nr_sleeping", "nr_uninterruptible", "nr_stopped", "nr_io_wait")
-_NO_COUNTS = dict.fromkeys(_COUNT_FIELDS)
+# Counts travel as tuples in CpuLoad's field order:
+# (nr_running, nr_sleeping, nr_uninterruptible, nr_stopped, nr_io_wait)
+_NO_COUNTS = (None,) * 5
 
 
 class _Target:
-    """A resolved cgroup and the fds held open to read it."""
+    """A resolved cgroup and the fds held open to read it.
 
-    __slots__ = ("resolved", "dir_fd", "dir_id", "psi_fd", "psi_checked")
+    ``lock`` is held while the fds are in use, so that eviction by another thread closes
+    them only between reads; a reader that then finds ``closed`` resolves the path again.
+    """
+
+    __slots__ = ("resolved", "dir_fd", "dir_id", "psi_fd", "psi_checked", "psi_denied",
+                 "lock", "closed", "used")
 
     def __init__(self, resolved):
         self.resolved = resolved
@@ -54,12 +63,18 @@ class _Target:
         self.dir_id = None  # (st_dev, st_ino) of the directory dir_fd was opened on
         self.psi_fd = None
         self.psi_checked = None  # monotonic time of the last look for a cpu.pressure file
+        self.psi_denied = None  # why cpu.pressure could not be opened, if refused
+        self.lock = threading.Lock()
+        self.closed = False
+        self.used = True  # CLOCK bit: read since the last eviction sweep passed it
 
     def close(self):
-        for fd in (self.dir_fd, self.psi_fd):
-            if fd is not None:
-                os.close(fd)
-        self.dir_fd = self.psi_fd = None
+        with self.lock:
+            self.closed = True
+            for fd in (self.dir_fd, self.psi_fd):
+                if fd is not None:
+                    os.close(fd)
+            self.dir_fd = self.psi_fd = None
 
 
 class Reader:
@@ -71,8 +86,10 @@ class Reader:
     - ``proc_root`` and ``mountinfo`` name the /proc to read (e.g. a host's /proc
       mounted into a container).
     - ``timeout`` bounds each netlink request, in seconds.
-    - ``max_cgroups`` bounds the resolved cgroups kept with their open fds (least recently
-      used are closed first); ``max_fds`` bounds the scanner's held-open stat files.
+    - ``max_cgroups`` bounds the resolved cgroups kept with their open fds (up to two
+      each; those not read lately are closed first), and is capped to 1/8 of the soft
+      RLIMIT_NOFILE; ``max_fds`` bounds the scanner's held-open stat files, capped to 1/4
+      (:func:`cgshim.procstat.effective_max_fds`). Together at most 1/2 of the limit.
     """
 
     #: how long a cgroup without a cpu.pressure file waits before looking again, seconds
@@ -84,7 +101,7 @@ class Reader:
         self._use_netlink = netlink
         self._use_pressure = pressure
         self._timeout = timeout
-        self._max_cgroups = max_cgroups
+        self._max_cgroups = _effective_max_cgroups(max_cgroups)
         self._lock = threading.Lock()
         self._targets = collections.OrderedDict()  # path as given -> _Target
         self._sock = None
@@ -97,10 +114,11 @@ class Reader:
         """Close the netlink socket and every held fd. Idempotent."""
         with self._lock:
             self._closed = True
-            for target in self._targets.values():
-                target.close()
+            targets = list(self._targets.values())
             self._targets.clear()
             sock, self._sock = self._sock, None
+        for target in targets:  # outside the Reader lock: close() waits for readers
+            target.close()
         if sock is not None:
             sock.close()
         self._scanner.close()
@@ -125,41 +143,70 @@ class Reader:
         its containers); by default only the cgroup's own tasks count, as in the kernel.
         Raises CgroupNotFound, NotACgroup, PermissionDenied (a CgshimError each).
         """
-        target = self._target(path)
-        try:
-            counts, source, reason = self._counts(target)
-        except CgroupNotFound:
-            # A cached resolution may be stale (removed, maybe re-created): resolve anew once.
-            self.forget(path)
+        for _ in range(2):
             target = self._target(path)
-            counts, source, reason = self._counts(target)
+            with target.lock:
+                if target.closed:
+                    continue  # evicted or forgotten by another thread meanwhile: resolve again
+                try:
+                    return self._read(target, recursive)
+                except CgroupNotFound:
+                    pass
+            # The cached resolution may be stale (removed, maybe re-created): once more afresh.
+            self.forget(path)
+            break
+        # Stale, or the cache is thrashing (more cgroups read than max_cgroups): read through
+        # a private target, closed right after.
+        target = _Target(_resolve(path, self.hierarchy))
+        try:
+            with target.lock:
+                return self._read(target, recursive)
+        finally:
+            target.close()
+
+    def _read(self, target, recursive):
+        """One reading of target, whose lock the caller holds."""
+        counts, source, reason = self._counts(target)
         if recursive and counts is not None:
             counts, reason = self._add_descendants(target, counts, source, reason)
         pressure = self._pressure(target) if self._use_pressure else None
-        fields = _NO_COUNTS if counts is None else dict(zip(_COUNT_FIELDS, counts))
-        return CpuLoad(
-            path=target.resolved.path, cgroup_version=target.resolved.version, source=source,
-            pressure=pressure, timestamp=time.monotonic(), reason=reason, **fields,
-        )
+        if counts is None:
+            if pressure is None:
+                # Nothing readable: an error, not an empty reading.
+                if target.psi_denied:
+                    reason = f"{reason}; {target.psi_denied}"
+                raise PermissionDenied(f"{target.resolved.path}: nothing readable: {reason}")
+            counts = _NO_COUNTS
+        resolved = target.resolved
+        return CpuLoad(resolved.path, resolved.version, source, *counts,
+                       pressure, time.monotonic(), reason)
 
     # -- resolution cache ---------------------------------------------------------------
     def _target(self, path):
+        target = self._targets.get(path)  # the hit path takes no lock (dict.get is atomic)
+        if target is not None:
+            target.used = True
+            return target
+        if self._closed:
+            raise CgshimError("this Reader is closed")
+        resolved = _resolve(path, self.hierarchy)
+        evicted = []
         with self._lock:
             if self._closed:
                 raise CgshimError("this Reader is closed")
             target = self._targets.get(path)
-            if target is not None:
-                self._targets.move_to_end(path)
-                return target
-        resolved = _resolve(path, self.hierarchy)
-        target = _Target(resolved)
-        with self._lock:
-            if path in self._targets:  # another thread won the race
-                target.close()
-                return self._targets[path]
-            self._targets[path] = target
+            if target is None:  # else another thread won the race
+                target = self._targets[path] = _Target(resolved)
             while len(self._targets) > self._max_cgroups:
-                self._targets.popitem(last=False)[1].close()
+                # CLOCK: give each recently read entry a second chance before evicting it.
+                old_path, old = self._targets.popitem(last=False)
+                if old.used and old is not target:
+                    old.used = False
+                    self._targets[old_path] = old
+                else:
+                    evicted.append(old)
+        for old in evicted:  # outside the Reader lock: close() waits for readers of old
+            old.close()
         return target
 
     def forget(self, path):
@@ -180,6 +227,9 @@ class Reader:
                     return self._netlink_counts(target), "netlink", None
                 except NetlinkTimeout as exc:
                     reason = f"netlink: {exc}; counted by scan instead"
+                except FamilyNotFound as exc:
+                    self._netlink_down = str(exc)
+                    reason = f"netlink unavailable ({exc})"
                 except NetlinkError as exc:
                     if exc.errno in _GONE:
                         raise CgroupNotFound(f"{target.resolved.path}: cgroup was removed") from exc
@@ -219,6 +269,8 @@ class Reader:
         if sock is not None:
             return sock
         with self._lock:
+            if self._closed:
+                raise CgshimError("this Reader is closed")
             if self._sock is None and self._netlink_down is None:
                 try:
                     sock = netlink.open_socket(self._timeout)
@@ -256,9 +308,16 @@ class Reader:
             return counts, reason
         total = list(counts)
         for child in cgroupfs.walk(target.resolved.path):
-            try:
-                part, child_source, child_reason = self._counts(self._target(child))
-            except CgroupNotFound:
+            # Locks are taken top-down (a cgroup before its descendants): no cycle.
+            child_target = self._target(child)
+            with child_target.lock:
+                gone = child_target.closed
+                if not gone:
+                    try:
+                        part, child_source, child_reason = self._counts(child_target)
+                    except CgroupNotFound:
+                        gone = True
+            if gone:
                 self.forget(child)
                 continue  # removed while we walked
             if part is None:
@@ -295,10 +354,17 @@ class Reader:
         v2_dir = resolved.path if resolved.version == 2 else _twin_v2(resolved, self.hierarchy)
         if v2_dir is None:
             return False
+        file = os.path.join(v2_dir, "cpu.pressure")
         try:
-            target.psi_fd = os.open(os.path.join(v2_dir, "cpu.pressure"), os.O_RDONLY | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            target.psi_fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
             return False
+        except PermissionError as exc:
+            target.psi_denied = f"{file}: {exc.strerror}"
+            return False
+        except OSError as exc:
+            raise _os_error(exc, file) from exc
+        target.psi_denied = None
         return True
 
 
@@ -311,8 +377,28 @@ def _open_dir(path):
         return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise CgroupNotFound(f"{path}: no such cgroup") from exc
-    except PermissionError as exc:
-        raise PermissionDenied(f"{path}: {exc}") from exc
+    except OSError as exc:
+        raise _os_error(exc, path) from exc
+
+
+def _os_error(exc, path):
+    """A typed error for an unexpected OSError on ``path``."""
+    if isinstance(exc, PermissionError):
+        return PermissionDenied(f"{path}: {exc.strerror}")
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return CgshimError(f"{path}: out of file descriptors (errno {errno.errorcode[exc.errno]}); "
+                           f"raise RLIMIT_NOFILE or lower Reader(max_cgroups=..., max_fds=...)")
+    return CgshimError(f"{path}: {exc}")
+
+
+def _effective_max_cgroups(max_cgroups):
+    """max_cgroups capped to 1/8 of the soft RLIMIT_NOFILE (each holds up to two fds)."""
+    if max_cgroups < 1:
+        raise ValueError(f"max_cgroups must be >= 1, not {max_cgroups}")
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY:
+        max_cgroups = min(max_cgroups, max(1, soft // 8))
+    return max_cgroups
 
 
 _default = None
