@@ -29,7 +29,9 @@
 #define GENLLEN ((size_t)GENL_HDRLEN)           /* 4 */
 #define ATTRLEN ((size_t)NLA_HDRLEN)            /* 4 */
 #define ALIGN4(n) (((size_t)(n) + 3u) & ~(size_t)3u)
-#define STACK_RXBUF 4096
+/* receive buffers: datagrams per recvmmsg, bytes each */
+#define RX_DATAGRAMS 2
+#define RXBUF 8192
 
 /* ---- parsing ---------------------------------------------------------- */
 
@@ -345,62 +347,83 @@ static int walk_datagram(const uint8_t *buf, size_t n, uint32_t seq, int *state,
     return 0;
 }
 
-/* Receive until the reply to seq and its ACK arrived, an error answered it, or
- * the socket's receive timeout passed. Messages of other sequence numbers
- * (late answers to requests that timed out) and datagrams not sent by the
- * kernel are skipped. */
-static int transact(int fd, uint32_t seq, parse_fn parse, void *ctx, int ack_only_err)
+/* Deadline of a request that has to wait again: now + the socket's receive timeout. */
+static int deadline_ms(int fd, uint64_t *deadline)
 {
     struct timeval tv;
     socklen_t tvlen = sizeof(tv);
-    uint64_t deadline;
-    uint8_t stackbuf[STACK_RXBUF];
-    int state = WAIT_REPLY;
 
     if (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &tvlen) != 0)
         return errno;
-    deadline = now_ms() + (uint64_t)tv.tv_sec * 1000u + (uint64_t)tv.tv_usec / 1000u;
+    *deadline = now_ms() + (uint64_t)tv.tv_sec * 1000u + (uint64_t)tv.tv_usec / 1000u;
+    return 0;
+}
+
+/* Receive until the reply to seq and its ACK arrived, an error answered it, or
+ * the socket's receive timeout passed. Messages of other sequence numbers
+ * (late answers to requests that timed out) and datagrams not sent by the
+ * kernel are skipped.
+ *
+ * Generic netlink handles a request inside the sender's sendto(): the reply and
+ * the ACK are both queued when it returns, so one recvmmsg(MSG_WAITFORONE)
+ * usually takes both (send + one receive per request). A datagram larger than
+ * a buffer is reported by MSG_TRUNC and rejected (EMSGSIZE), never parsed cut:
+ * the kernel's replies here are well under 1 KiB. */
+static int transact(int fd, uint32_t seq, parse_fn parse, void *ctx, int ack_only_err)
+{
+    uint8_t bufs[RX_DATAGRAMS][RXBUF];
+    struct sockaddr_nl sas[RX_DATAGRAMS];
+    struct iovec iov[RX_DATAGRAMS];
+    struct mmsghdr msgs[RX_DATAGRAMS];
+    uint64_t deadline = 0;
+    int state = WAIT_REPLY;
 
     for (;;) {
-        struct sockaddr_nl sa;
-        socklen_t salen = sizeof(sa);
-        uint8_t *buf;
-        ssize_t size, got;
-        int rc, dontwait = state == WAIT_ACK ? MSG_DONTWAIT : 0;
+        int i, n, rc = 0;
 
-        /* the real size of the next datagram, so that none is ever cut */
-        size = recvfrom(fd, NULL, 0, MSG_PEEK | MSG_TRUNC | dontwait,
-                        (struct sockaddr *)&sa, &salen);
-        if (size < 0) {
-            if (errno == EINTR)
-                goto next;
+        for (i = 0; i < RX_DATAGRAMS; i++) {
+            iov[i].iov_base = bufs[i];
+            iov[i].iov_len = RXBUF;
+            memset(&msgs[i], 0, sizeof(msgs[i]));
+            msgs[i].msg_hdr.msg_name = &sas[i];
+            msgs[i].msg_hdr.msg_namelen = sizeof(sas[i]);
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        n = recvmmsg(fd, msgs, RX_DATAGRAMS,
+                     state == WAIT_ACK ? MSG_DONTWAIT : MSG_WAITFORONE, NULL);
+        if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 /* the reply came; its ACK did not: the reply stands and a
                  * late ACK is skipped as stale by the next request */
                 return state == WAIT_ACK ? 0 : ETIMEDOUT;
-            return errno;
+            if (errno != EINTR)
+                return errno;
+            n = 0;
         }
-        buf = (size_t)size <= sizeof(stackbuf) ? stackbuf : malloc((size_t)size);
-        if (buf == NULL)
-            return ENOMEM;
-        salen = sizeof(sa);
-        got = recvfrom(fd, buf, (size_t)size, MSG_DONTWAIT, (struct sockaddr *)&sa, &salen);
-        if (got < 0) {
-            rc = errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -errno;
-        } else if (salen < sizeof(sa) || sa.nl_family != AF_NETLINK || sa.nl_pid != 0) {
-            rc = 0; /* not from the kernel */
-        } else {
-            rc = walk_datagram(buf, (size_t)got, seq, &state, parse, ctx, ack_only_err);
+        for (i = 0; i < n && rc == 0; i++) {
+            const struct sockaddr_nl *sa = &sas[i];
+
+            if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC)
+                return EMSGSIZE;
+            if (msgs[i].msg_hdr.msg_namelen < sizeof(*sa) || sa->nl_family != AF_NETLINK ||
+                sa->nl_pid != 0)
+                continue; /* not from the kernel */
+            rc = walk_datagram(bufs[i], msgs[i].msg_len, seq, &state, parse, ctx, ack_only_err);
         }
-        if (buf != stackbuf)
-            free(buf);
         if (rc < 0)
             return -rc;
         if (rc > 0)
             return 0;
-    next:
-        if (now_ms() > deadline)
+        /* only stale or foreign messages so far (or a reply without its ACK):
+         * wait again, bounded by one receive timeout from here */
+        if (deadline == 0) {
+            rc = deadline_ms(fd, &deadline);
+            if (rc)
+                return rc;
+        } else if (now_ms() > deadline) {
             return state == WAIT_ACK ? 0 : ETIMEDOUT;
+        }
     }
 }
 
