@@ -44,6 +44,7 @@ import sys
 
 import attrs
 
+from . import exporter
 from .errors import CgshimError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -398,12 +399,7 @@ def cmd_top(args, out):
 
 def cmd_serve(args, out):
     try:
-        from .exporter import serve
-    except ImportError as exc:
-        print(f"cgshim serve: the exporter cannot be loaded: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    try:
-        serve(args.listen, args.interval, args.root)
+        exporter.serve(args.listen, args.interval, args.roots)
     except KeyboardInterrupt:
         pass
     except OSError as exc:  # the address cannot be bound (in use, not local, no permission)
@@ -440,13 +436,6 @@ def _pid(text):
     if value > 0x7FFFFFFF:
         raise argparse.ArgumentTypeError(f"{text!r} is not a pid")
     return value
-
-
-def _listen(text):
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: want HOST:PORT, e.g. 127.0.0.1:9560")
-    return text
 
 
 def build_parser():
@@ -495,12 +484,7 @@ def build_parser():
 
     sp = add("serve", cmd_serve, "Prometheus exporter of cgroup load (cAdvisor's metric names)",
              json_flag=False)
-    sp.add_argument("--listen", type=_listen, default="127.0.0.1:9560",
-                    help="HOST:PORT to bind (default 127.0.0.1:9560)")
-    sp.add_argument("--interval", "-i", type=_seconds, default=1.0,
-                    help="sampling interval in seconds (default 1)")
-    sp.add_argument("--root", action="append", metavar="PATH",
-                    help="export this cgroup and those below it (repeatable)")
+    exporter.add_arguments(sp)  # one definition of the options, shared with the exporter
     return p
 
 
