@@ -35,6 +35,8 @@ STATE_FIELDS = {"R": "nr_running", "S": "nr_sleeping", "D": "nr_uninterruptible"
 FD_SHARE = 4
 # The C scanner refuses more (procscan.h).
 _MAX_FDS_LIMIT = 1 << 24
+# Longest thread list read (as LIST_MAX in procscan.c): PID_MAX_LIMIT tids take 32 MiB.
+_LIST_MAX = 128 << 20
 # Enough of a stat line for pid, comm (<= 64 bytes) and state; the rest is numbers.
 _STAT_PREFIX = 512
 
@@ -131,6 +133,8 @@ def _list_error(err, path, data=None):
         bad = _first_bad_line(data) if data is not None else None
         detail = f": line {bad[0]} is {bad[1]!r}" if bad else ""
         return ParseError(f"{where}: not a thread list (one decimal tid per line){detail}")
+    if err == errno.EFBIG:
+        return ParseError(f"{where}: goes on past {_LIST_MAX >> 20} MiB: not a thread list")
     if err == errno.EBADMSG:
         return ParseError(f"{where}: a thread's stat file has no state letter after its comm "
                           f"(is the proc root really procfs?)")
@@ -324,6 +328,8 @@ def _read_all(fd):
             return b"".join(chunks)
         chunks.append(chunk)
         offset += len(chunk)
+        if offset > _LIST_MAX:
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
 
 
 def _read_quietly(fd):

@@ -237,6 +237,13 @@ def test_large_list_from_a_file(own_threads, tmp_path):
 
 
 @pytest.mark.parametrize("native", BACKENDS)
+def test_endless_file_is_not_a_thread_list(native):
+    with Scanner(native=native) as scanner:
+        with pytest.raises(ParseError, match="MiB: not a thread list"):
+            scanner.scan_file("/dev/zero")
+
+
+@pytest.mark.parametrize("native", BACKENDS)
 def test_closed_scanner(native):
     scanner = Scanner(native=native)
     scanner.close()

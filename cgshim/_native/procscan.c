@@ -27,6 +27,9 @@
 #define MAX_FDS_LIMIT (1u << 24)
 #define STAT_PREFIX 512     /* enough for pid, comm (<= 64 bytes) and the state */
 #define LIST_INITIAL 16384
+/* No thread list is longer: PID_MAX_LIMIT (4M) tids of 8 bytes is 32 MiB. A file
+ * that goes on past this (say /dev/zero) is not a thread list. */
+#define LIST_MAX ((size_t)128 << 20)
 #define AGE_BUCKETS 64      /* sweep ages are counted in scans, capped here */
 
 struct entry {
@@ -50,9 +53,17 @@ struct cg_scanner {
     size_t tids_cap;
 };
 
+/* Tids cluster (sequential allocation); mix all bits into the low ones the
+ * tables use (the finaliser of MurmurHash3). */
 static inline uint32_t tid_hash(int32_t tid)
 {
-    return (uint32_t)tid * 2654435761u;
+    uint32_t h = (uint32_t)tid;
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35u;
+    h ^= h >> 16;
+    return h;
 }
 
 /* ---- the fd cache: linear probing, load factor <= 1/2 ---- */
@@ -437,9 +448,9 @@ int cg_scanner_scan_fd(struct cg_scanner *sc, int list_fd, struct cg_scan_counts
     memset(out, 0, sizeof *out);
     for (;;) {
         if (len == sc->list_cap) {
+            if (sc->list_cap >= LIST_MAX)
+                return EFBIG;
             size_t cap = sc->list_cap ? sc->list_cap * 2 : LIST_INITIAL;
-            if (cap < sc->list_cap)
-                return ENOMEM;
             char *buf = realloc(sc->list, cap);
             if (buf == NULL)
                 return ENOMEM;

@@ -61,7 +61,8 @@ int cg_scanner_new(int proc_dirfd, uint32_t max_fds, struct cg_scanner **out);
 void cg_scanner_free(struct cg_scanner *sc);
 
 /* Read the whole thread list from list_fd (pread from offset 0 to EOF) and scan.
- * Errors of the read (e.g. ENODEV: the cgroup was removed) are returned as is. */
+ * Errors of the read (e.g. ENODEV: the cgroup was removed) are returned as is;
+ * EFBIG if the file goes on past 128 MiB (no thread list is that long). */
 int cg_scanner_scan_fd(struct cg_scanner *sc, int list_fd, struct cg_scan_counts *out);
 
 /* Scan a thread list already in memory. EINVAL if it is not a tid list. */
