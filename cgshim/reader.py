@@ -297,6 +297,11 @@ class Reader:
             if counts.nr_listed and counts.nr_listed == counts.nr_vanished:
                 raise _NotVisible(f"none of the {counts.nr_listed} listed threads is visible "
                                   f"in this pid namespace's /proc")
+        if counts.nr_hidden:
+            # Listed as "0": tasks with no pid in this pid namespace. Counting the rest
+            # would be a silently wrong (partial) number.
+            raise _NotVisible(f"{counts.nr_hidden} of the cgroup's tasks have no pid in this "
+                              f"pid namespace")
         if counts.nr_denied:
             raise PermissionDenied(f"{counts.nr_denied} thread stat files of {resolved.path} "
                                    f"are not readable")

@@ -94,7 +94,13 @@ def test_reads_while_cgroup_churns(testbed, version):
                 problems.append(f"read: {exc!r}")
                 continue
             seen["load"] += 1
-            if not (0 <= load.nr_running <= 1 and 0 <= load.nr_sleeping <= 2
+            # The scan de-duplicates tids; the kernel's CGROUPSTATS (v1) walks the cgroup's
+            # css_sets with css_task_iter, which can visit a task that migrates during the
+            # walk twice (seen here once under load: 1 R + 2 S read as sleeping=3). So on
+            # netlink each of the worker's 3 tasks may count at most twice.
+            twice = 2 if load.source == "netlink" else 1
+            if not (0 <= load.nr_running <= 1 * twice and 0 <= load.nr_sleeping <= 2 * twice
+                    and load.nr_running + load.nr_sleeping <= 3 * twice
                     and load.nr_stopped == 0 and load.nr_uninterruptible == 0):
                 problems.append(f"insane: {load}")
     stop.set()
