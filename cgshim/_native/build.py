@@ -19,7 +19,10 @@ TOP = os.path.dirname(os.path.dirname(HERE))
 
 
 def _flags():
-    cflags = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    # _GNU_SOURCE for every translation unit (memrchr, recvmmsg), and a missing prototype is
+    # an error rather than a silently truncated pointer.
+    cflags = ["-O2", "-std=gnu11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Wno-unused-parameter",
+              "-Werror=implicit-function-declaration"]
     ldflags = []
     if os.environ.get("CGSHIM_SANITIZE") == "1":
         cflags += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",

@@ -8,7 +8,9 @@
  * memcpy only (attribute payloads sit at 4 mod 8) and check every length
  * against what is left before using it.
  */
-#define _GNU_SOURCE
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* recvmmsg */
+#endif
 #include <errno.h>
 #include <stddef.h>
 #include <stdint.h>

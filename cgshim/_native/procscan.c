@@ -12,7 +12,9 @@
  *    (proc_single_show: get_pid_task() == NULL); the fd stays bound to the old
  *    struct pid, so a reused tid can never answer through it.
  */
-#define _GNU_SOURCE
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memrchr; build.py passes -D_GNU_SOURCE too */
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
@@ -199,12 +201,11 @@ static void cache_offer(struct cg_scanner *sc, int32_t tid, int fd)
 
 int cg_stat_state(const char *buf, size_t len)
 {
-    size_t i = len;
-    while (i > 0 && buf[i - 1] != ')')
-        i--;
-    if (i == 0)
-        return -EINVAL;         /* no ')' */
-    const char *p = buf + i, *end = buf + len;
+    /* the comm may hold ')': the state follows the last one */
+    const char *close_paren = memrchr(buf, ')', len);
+    if (close_paren == NULL)
+        return -EINVAL;
+    const char *p = close_paren + 1, *end = buf + len;
     while (p < end && (*p == ' ' || *p == '\t'))
         p++;
     if (p == end)
