@@ -3,8 +3,9 @@
  * Netlink requests are sent the way cgshim/_native/netlink.c sends them
  * (NLM_F_REQUEST | NLM_F_ACK, one u32 or string attribute), so the kernel does
  * the same work: kernel/taskstats.c builds the reply, af_netlink.c queues it and
- * then the ACK. The floor then takes the two datagrams with one recv() each and
- * checks only what it must to know the request succeeded (type, seq, error).
+ * then the ACK, both before send() returns. The floor then takes the two
+ * datagrams with one recvmmsg(MSG_WAITFORONE), as netlink.c does, and checks only
+ * what it must to know the request succeeded (type, seq, error).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -79,29 +80,42 @@ static int nl_err(const char *buf)
     return -e.error;
 }
 
-/* send, recv the reply, recv the ACK: 0, or a positive errno. The reply is
- * left in buf (RXBUF bytes). */
+/* send, then one recvmmsg for the reply and the ACK: 0, or a positive errno.
+ * The reply is left in buf (RXBUF bytes). */
 static int transact(int fd, struct req *r, size_t len, char *buf)
 {
     struct nlmsghdr h;
-    ssize_t got;
+    char ack[64];
+    struct iovec iov[2] = {{buf, RXBUF}, {ack, sizeof(ack)}};
+    struct mmsghdr m[2];
 
+    memset(m, 0, sizeof(m));
+    m[0].msg_hdr.msg_iov = &iov[0];
+    m[0].msg_hdr.msg_iovlen = 1;
+    m[1].msg_hdr.msg_iov = &iov[1];
+    m[1].msg_hdr.msg_iovlen = 1;
     ssize_t sent = send(fd, r, len, 0);
 
     if (sent != (ssize_t)len)
         return sent < 0 ? errno : EIO;
-    got = recv(fd, buf, RXBUF, 0);
-    if (got < (ssize_t)NLMSG_HDRLEN)
-        return got < 0 ? errno : EBADMSG;
+    int n = recvmmsg(fd, m, 2, MSG_WAITFORONE, NULL);
+    if (n < 1)
+        return n < 0 ? errno : EBADMSG;
+    if (m[0].msg_len < NLMSG_HDRLEN)
+        return EBADMSG;
     memcpy(&h, buf, sizeof(h));
     if (h.nlmsg_seq != r->n.nlmsg_seq)
         return EBADMSG;
     if (h.nlmsg_type == NLMSG_ERROR)
         return nl_err(buf) ? nl_err(buf) : ENODATA; /* an error, or an ACK without reply */
-    char ack[64];
-    got = recv(fd, ack, sizeof(ack), 0);
-    if (got < (ssize_t)(NLMSG_HDRLEN + sizeof(struct nlmsgerr)))
-        return got < 0 ? errno : EBADMSG;
+    if (n < 2) { /* the ACK came apart: take it on its own */
+        ssize_t got = recv(fd, ack, sizeof(ack), 0);
+        if (got < 0)
+            return errno;
+        m[1].msg_len = (unsigned)got;
+    }
+    if (m[1].msg_len < NLMSG_HDRLEN + sizeof(struct nlmsgerr))
+        return EBADMSG;
     memcpy(&h, ack, sizeof(h));
     if (h.nlmsg_type != NLMSG_ERROR || h.nlmsg_seq != r->n.nlmsg_seq || nl_err(ack) != 0)
         return EBADMSG;
