@@ -316,6 +316,61 @@ def test_churn_keeps_answering_and_drops_removed_cgroups(testbed, start_exporter
 
 
 @pytest.mark.kernel
+def test_concurrent_scrapes_while_cgroups_churn(testbed, start_exporter):
+    """Four clients scrape in a loop while cgroups with workers come and go: every scrape
+    answers 200 with a parsable body, removed cgroups' series disappear, fds stay bounded."""
+    import threading
+
+    p2 = testbed.cgroup(2)
+    exp = start_exporter([p2])
+    v2 = testbed.root(2)
+    exp.wait_for(lambda s: states(s, cg_id(p2, v2)), "the parent")
+    time.sleep(3 * INTERVAL)
+    baseline = exp.fds()
+    stop = threading.Event()
+    results = {"ok": 0, "bad": []}
+    lock = threading.Lock()
+
+    def client():
+        deadline = time.monotonic() + 60  # bounded even if the main thread dies
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                exp.scrape()
+                with lock:
+                    results["ok"] += 1
+            except Exception as exc:  # noqa: BLE001 -- reported below
+                with lock:
+                    results["bad"].append(repr(exc))
+
+    clients = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+    for t in clients:
+        t.start()
+    removed = []
+    try:
+        for round_ in range(5):
+            with _testbed.Testbed(v2_root=p2) as inner:
+                kids = [inner.cgroup(2) for _ in range(3)]
+                inner.spawn(pipe=1, cgroups=[kids[0]])
+                ids = [cg_id(k, v2) for k in kids]
+                s = exp.wait_for(lambda s: all(states(s, i) for i in ids), f"round {round_}")
+                assert states(s, ids[0])["sleeping"] == 2
+                removed += kids
+            exp.wait_for(lambda s: not any(lab.get("id") in ids for v in s.values() for lab, _ in v),
+                         f"round {round_}: series gone", timeout=10 * INTERVAL + 5)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(timeout=15)
+    assert not any(t.is_alive() for t in clients)
+    assert results["bad"] == [] and results["ok"] >= 20, results
+    time.sleep(3 * INTERVAL)
+    after = exp.fds()
+    names = [os.path.basename(p) for p in removed]
+    assert not [t for t in after if any(n in t for n in names)], after
+    assert len(after) <= len(baseline) + 2 * 5 + 4, (baseline, after)
+
+
+@pytest.mark.kernel
 def test_no_request_reaches_the_filesystem(testbed, start_exporter):
     a = testbed.cgroup(2)
     testbed.spawn(pipe=1, cgroups=[a])
