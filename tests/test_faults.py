@@ -313,7 +313,7 @@ tids, lock = [], threading.Lock()
 def run(name):
     libc.prctl(15, ctypes.c_char_p(name), 0, 0, 0)   # PR_SET_NAME: this thread's comm
     with lock:
-        tids.append(threading.get_native_id())
+        tids.append([name.hex(), threading.get_native_id()])
     os.read(r, 1)
 for n in names:
     threading.Thread(target=run, args=(n,), daemon=True).start()
@@ -336,9 +336,11 @@ def test_comm_with_parentheses_spaces_and_newlines(testbed, version):
                              json.dumps([n.hex() for n in _NASTY_COMMS])],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        tids = json.loads(proc.stdout.readline())
+        named = [(bytes.fromhex(h), tid) for h, tid in json.loads(proc.stdout.readline())]
+        assert sorted(n for n, _ in named) == sorted(_NASTY_COMMS)
+        tids = [tid for _, tid in named]
         testbed.move(types.SimpleNamespace(pid=proc.pid), cg)
-        for tid, name in zip(tids, _NASTY_COMMS):
+        for name, tid in named:
             with open(f"/proc/{proc.pid}/task/{tid}/comm", "rb") as f:
                 assert f.read() == name + b"\n"
             with open(f"/proc/{proc.pid}/task/{tid}/stat", "rb") as f:
