@@ -1,6 +1,6 @@
 """cgshim's benchmark harness: ``python -m benchmarks [--quick] [--json FILE] [--plot FILE]``.
 
-Builds real cgroups and threads with :mod:`cgshim.testbed` (v1 ``cpu`` and cgroup2 on a
+Builds real cgroups and threads with :mod:`tests.support.testbed` (v1 ``cpu`` and cgroup2 on a
 hybrid host; needs root), times each cgshim path interleaved with its floor -- the bare
 syscalls in C, benchmarks/floor.c, compiled at run time -- and with the peer a user would
 otherwise reach for, then prints one table and the targets of issue 5 as MET / NOT MET.

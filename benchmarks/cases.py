@@ -1,4 +1,4 @@
-"""The benchmark cases: real cgroups and threads from cgshim.testbed, each case timed in one
+"""The benchmark cases: real cgroups and threads from tests.support.testbed, each case timed in one
 interleaved group with its floor (benchmarks/floor.c) and its peer.
 
 Every case checks, before it is timed, that cgshim answers from the backend the case is
@@ -18,9 +18,10 @@ import time
 import urllib.request
 from contextlib import contextmanager
 
-from cgshim import netlink, reference
+from cgshim.kernel import netlink
+from cgshim.kernel import reference
 from cgshim.reader import Reader, default_reader, get_cpu_load
-from cgshim.testbed import Testbed
+from tests.support.testbed import Testbed
 
 from .measure import paired_ratio, run_group, summary, timed
 
@@ -451,15 +452,15 @@ def _status_kb(pid, key):
 
 
 def exporter(ctx, root):
-    if importlib.util.find_spec("cgshim.exporter") is None:
-        note = "cgshim.exporter does not exist in this tree: exporter RSS not measured"
+    if importlib.util.find_spec("cgshim.app.exporter") is None:
+        note = "cgshim.app.exporter does not exist in this tree: exporter RSS not measured"
         ctx.results.notes.append(note)
         ctx.log("  " + note)
         return {"skipped": note}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "cgshim.exporter", "--listen", f"127.0.0.1:{port}",
+    cmd = [sys.executable, "-m", "cgshim.app.exporter", "--listen", f"127.0.0.1:{port}",
            "--interval", "0.5", "--root", root]
     errors = tempfile.TemporaryFile()  # a file, not a pipe: a chatty exporter never blocks
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=errors)

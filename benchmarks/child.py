@@ -28,7 +28,7 @@ def _fds():
 
 
 def sweep(spec):
-    from cgshim.procstat import effective_max_fds
+    from cgshim.kernel.threadstat import effective_max_fds
     from cgshim.reader import Reader
 
     paths, calls, sweeps = spec["paths"], spec["calls"], spec["sweeps"]

@@ -4,7 +4,7 @@
 netlink answer, on cgroup v2 from the states of the cgroup's own threads, plus PSI.
 See :class:`CpuLoad` for what the counts mean on each backend.
 """
-from .errors import (
+from cgshim.errors import (
     CgroupNotFound,
     CgshimError,
     FamilyNotFound,
@@ -16,13 +16,13 @@ from .errors import (
     PermissionDenied,
     Unsupported,
 )
-from .hierarchy import Hierarchy, Mount, hierarchy
-from .load import LoadTracker, Sampler
-from .model import CpuLoad, TaskCounts
-from .netlink import taskstats
-from .psi import Pressure, PressureLine
-from .reader import Reader, get_cpu_load
-from .taskstats_struct import TaskStats
+from cgshim.kernel.mounts import Hierarchy, Mount, hierarchy
+from cgshim.load import LoadTracker, Sampler
+from cgshim.model import CpuLoad, TaskCounts
+from cgshim.kernel.netlink import taskstats
+from cgshim.kernel.psi import Pressure, PressureLine
+from cgshim.reader import Reader, get_cpu_load
+from cgshim.kernel.taskstats import TaskStats
 
 __version__ = "0.1.0"
 

@@ -21,7 +21,7 @@ import re
 
 import attrs
 
-from .errors import CgroupNotFound, NotACgroup, PermissionDenied
+from cgshim.errors import CgroupNotFound, NotACgroup, PermissionDenied
 
 __all__ = ["K8sCgroup", "QOS_CLASSES", "DRIVERS", "RUNTIMES", "pod_cgroup", "container_cgroup",
            "parse_cgroup", "discover"]
@@ -192,7 +192,7 @@ def parse_cgroup(name):
 
 
 def _default_root():
-    from .hierarchy import hierarchy
+    from cgshim.kernel.mounts import hierarchy
 
     h = hierarchy()
     # Where a v1 cpu controller is mounted (v1 and hybrid hosts), kubelet and the runtimes put
@@ -221,7 +221,7 @@ def discover(root=None):
 
     ``root`` is a cgroup directory that holds ``kubepods`` or ``kubepods.slice`` (default: the
     v1 ``cpu`` controller's mount point where there is one, else the cgroup2 mount, from
-    :func:`cgshim.hierarchy.hierarchy`). Only those subtrees are walked, at most four levels
+    :func:`cgshim.kernel.mounts.hierarchy`). Only those subtrees are walked, at most four levels
     deep; ``name`` is relative to ``root``. Cgroups removed during the walk are skipped.
     CgroupNotFound if ``root`` does not exist, NotACgroup if it is not a directory.
 

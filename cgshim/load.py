@@ -25,7 +25,7 @@ import time
 
 import attrs
 
-from .errors import CgroupNotFound, CgshimError
+from cgshim.errors import CgroupNotFound, CgshimError
 
 __all__ = ["LoadTracker", "Sample", "Sampler", "milli_load"]
 

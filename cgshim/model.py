@@ -46,6 +46,6 @@ class CpuLoad:
     nr_uninterruptible: "int | None"
     nr_stopped: "int | None"
     nr_io_wait: "int | None"
-    pressure: "object | None"  # cgshim.psi.Pressure
+    pressure: "object | None"  # cgshim.kernel.psi.Pressure
     timestamp: float
     reason: "str | None" = None

@@ -28,14 +28,13 @@ import resource
 import threading
 import time
 
-from . import cgroupfs, netlink, psi
-# from-imports: the package rebinds the name ``cgshim.hierarchy`` to the function.
-from .hierarchy import hierarchy as _load_hierarchy, resolve as _resolve, twin_v2 as _twin_v2
-from .errors import (
+from cgshim.kernel import cgroupfs, netlink, psi
+from cgshim.kernel.mounts import hierarchy as _load_hierarchy, resolve as _resolve, twin_v2 as _twin_v2
+from cgshim.errors import (
     CgroupNotFound, CgshimError, FamilyNotFound, NetlinkError, NetlinkTimeout, PermissionDenied,
 )
-from .model import CpuLoad
-from .procstat import Scanner
+from cgshim.model import CpuLoad
+from cgshim.kernel.threadstat import Scanner
 
 _LIST_FILE = {1: "tasks", 2: "cgroup.threads"}
 _GONE = (errno.ENOENT, errno.ENODEV)
@@ -89,7 +88,7 @@ class Reader:
     - ``max_cgroups`` bounds the resolved cgroups kept with their open fds (up to two
       each; those not read lately are closed first), and is capped to 1/8 of the soft
       RLIMIT_NOFILE; ``max_fds`` bounds the scanner's held-open stat files, capped to 1/4
-      (:func:`cgshim.procstat.effective_max_fds`). Together at most 1/2 of the limit.
+      (:func:`cgshim.kernel.threadstat.effective_max_fds`). Together at most 1/2 of the limit.
     """
 
     #: how long a cgroup without a cpu.pressure file waits before looking again, seconds
@@ -137,7 +136,7 @@ class Reader:
     # -- the public read ------------------------------------------------------------
     def cpu_load(self, path, *, recursive=False):
         """Read one cgroup: an absolute directory on a cgroup mount, or a cgroup-relative
-        name such as ``/kubepods.slice/...`` (see :func:`cgshim.hierarchy.resolve`).
+        name such as ``/kubepods.slice/...`` (see :func:`cgshim.kernel.mounts.resolve`).
 
         ``recursive=True`` adds the counts of every descendant cgroup (a pod as the sum of
         its containers); by default only the cgroup's own tasks count, as in the kernel.
@@ -364,11 +363,15 @@ class Reader:
             target.psi_fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             return False
-        except PermissionError as exc:
+        except OSError as exc:
+            if exc.errno == errno.ENODEV:  # the cgroup is being removed: ENODEV at open()
+                if resolved.version == 1:
+                    return False  # only the v1 cgroup's v2 twin is going
+                raise CgroupNotFound(f"{resolved.path}: cgroup was removed") from exc
+            if not isinstance(exc, PermissionError):
+                raise _os_error(exc, file) from exc
             target.psi_denied = f"{file}: {exc.strerror}"
             return False
-        except OSError as exc:
-            raise _os_error(exc, file) from exc
         target.psi_denied = None
         return True
 

@@ -1,11 +1,11 @@
-"""cgshim.cgroupfs: interface-file parsers and the cgroup tree on real cgroups."""
+"""cgshim.kernel.cgroupfs: interface-file parsers and the cgroup tree on real cgroups."""
 import os
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cgshim import cgroupfs
+from cgshim.kernel import cgroupfs
 from cgshim.errors import CgroupNotFound, NotACgroup, ParseError, Unsupported
 
 # ---------------------------------------------------------------- parsers

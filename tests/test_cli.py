@@ -18,10 +18,10 @@ import urllib.request
 import pytest
 from hypothesis import given, strategies as st
 
-from cgshim.__main__ import ProcCgroup, _directory_of, parse_proc_cgroup
+from cgshim.app.cli import ProcCgroup, _directory_of, parse_proc_cgroup
 from cgshim.errors import NotACgroup, ParseError
-from cgshim.hierarchy import Mount
-from conftest import require_kernel, require_root
+from cgshim.kernel.mounts import Mount
+from tests.support.require import require_kernel, require_root
 
 NETLINK_GENERIC = 16  # include/uapi/linux/netlink.h
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -263,9 +263,9 @@ def test_probe_on_a_simulated_unified_host():
     the v1 cpu cgroup that /proc/self/cgroup still names is reported as not mounted."""
     require_root()
     require_kernel(shutil.which("unshare") is not None, "needs unshare (util-linux)")
-    from unified_ns import run_unified
+    from tests.support.unified_ns import run_unified
 
-    proc = run_unified("import sys; from cgshim.__main__ import main; sys.exit(main(['--json']))")
+    proc = run_unified("import sys; from cgshim.app.cli import main; sys.exit(main(['--json']))")
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     assert r["cgroup"]["mode"] == "unified"
@@ -395,7 +395,7 @@ def test_taskstats_text_and_missing_pid(testbed):
 
 @pytest.mark.kernel
 def test_serve_wires_the_exporter(busy_pair):
-    """`serve` runs cgshim.exporter.serve with the CLI's options; SIGTERM ends it with 0."""
+    """`serve` runs cgshim.app.exporter.serve with the CLI's options; SIGTERM ends it with 0."""
     _, v2, _ = busy_pair
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-m", "cgshim", "serve", "--listen", "127.0.0.1:0",

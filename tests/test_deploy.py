@@ -11,7 +11,7 @@ import pytest
 yaml = pytest.importorskip("yaml")  # a dependency of kubernetes-validate
 kv = pytest.importorskip("kubernetes_validate")
 
-from cgshim import exporter  # noqa: E402
+from cgshim.app import exporter  # noqa: E402
 
 DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy")
 # recursiveReadOnly (used for the /sys/fs/cgroup mount) entered the API in 1.30.

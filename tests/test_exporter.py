@@ -16,8 +16,9 @@ from hypothesis import given, strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cgshim import exporter as exporter_mod, k8s
-from cgshim import testbed as _testbed
+from cgshim import k8s
+from cgshim.app import exporter as exporter_mod
+from tests.support import testbed as _testbed
 from cgshim.reader import Reader
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,16 +33,16 @@ NOBODY = 65534
 _AS_NOBODY = f"""
 import os, sys
 import encodings.idna  # socket's name lookups load it lazily
-import cgshim.exporter, cgshim.reader, cgshim.netlink, cgshim.procstat
+import cgshim.app.exporter, cgshim.reader, cgshim.kernel.netlink, cgshim.kernel.threadstat
 os.setgroups([])
 os.setgid({NOBODY})
 os.setuid({NOBODY})
-sys.exit(cgshim.exporter.main(sys.argv[1:]))
+sys.exit(cgshim.app.exporter.main(sys.argv[1:]))
 """
 
 
 class Exporter:
-    """A running ``python -m cgshim.exporter`` subprocess on 127.0.0.1 and a free port."""
+    """A running ``python -m cgshim.app.exporter`` subprocess on 127.0.0.1 and a free port."""
 
     def __init__(self, roots, *, as_nobody=False):
         argv = ["--listen", "127.0.0.1:0", "--interval", str(INTERVAL)]
@@ -50,7 +51,7 @@ class Exporter:
         if as_nobody:
             cmd = [sys.executable, "-c", _AS_NOBODY, *argv]
         else:
-            cmd = [sys.executable, "-m", "cgshim.exporter", *argv]
+            cmd = [sys.executable, "-m", "cgshim.app.exporter", *argv]
         env = dict(os.environ, PYTHONPATH=REPO, PYTHONDONTWRITEBYTECODE="1")
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

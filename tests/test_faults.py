@@ -24,11 +24,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cgshim
-from cgshim import _native, cgroupfs, hierarchy as hier_mod, procstat, psi
+from cgshim import _native
+from cgshim.kernel import cgroupfs
+from cgshim.kernel import mounts as hier_mod
+from cgshim.kernel import threadstat as procstat
+from cgshim.kernel import psi
 from cgshim.errors import (CgroupNotFound, CgshimError, FamilyNotFound, NotACgroup, ParseError,
                            Unsupported)
-from cgshim.hierarchy import parse_mountinfo
-from conftest import require_kernel, require_root
+from cgshim.kernel.mounts import parse_mountinfo
+from tests.support.require import require_kernel, require_root
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
@@ -72,7 +76,7 @@ def _drop_to_nobody():
 
 _PRELUDE = (
     "import json, os, sys, errno\n"
-    "import cgshim, cgshim.reader, cgshim.netlink, cgshim.procstat, cgshim.cgroupfs\n"
+    "import cgshim, cgshim.reader, cgshim.kernel.netlink, cgshim.kernel.threadstat, cgshim.kernel.cgroupfs\n"
     + _SECCOMP + _DROP +
     "def load_dict(l):\n"
     "    return {k: getattr(l, k) for k in ('path', 'cgroup_version', 'source', 'nr_running',"
@@ -185,7 +189,7 @@ def test_family_lookup_enoent_is_what_the_kernel_sends(testbed):
     namespace, so this is the closest real source of that answer. The name fits
     GENL_NAMSIZ: a longer one answers EINVAL from the attribute policy.)"""
     require_root()
-    from test_netlink import (CTRL_ATTR_FAMILY_NAME, CTRL_CMD_GETFAMILY, GENL_ID_CTRL,
+    from tests.test_netlink import (CTRL_ATTR_FAMILY_NAME, CTRL_CMD_GETFAMILY, GENL_ID_CTRL,
                               need_native, raw_exchange)
 
     need_native()
@@ -218,13 +222,13 @@ def test_family_lookup_enoent_falls_back_to_scan(v1_cgroup, monkeypatch, recursi
     honest seam is the C function's return value: a real TaskstatsSocket (real socket,
     real requests) whose cg_nl_family_id returns ENOENT. The Reader must answer by scan,
     say why, and never call the (existing) cgroup 'removed'."""
-    from test_netlink import need_native
+    from tests.test_netlink import need_native
 
     need_native()
     cg, want = v1_cgroup
 
     def open_socket(timeout=1.0):
-        sock = cgshim.netlink.TaskstatsSocket(timeout)
+        sock = cgshim.kernel.netlink.TaskstatsSocket(timeout)
         sock._c = _FamilyGone(sock._c)
         return sock
 

@@ -1,4 +1,4 @@
-"""cgshim.hierarchy: mountinfo parsing, mode detection, path and name resolution."""
+"""cgshim.kernel.mounts: mountinfo parsing, mode detection, path and name resolution."""
 import ctypes
 import ctypes.util
 import json
@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cgshim.errors import CgroupNotFound, NotACgroup, ParseError, Unsupported
-from cgshim.hierarchy import (
+from cgshim.kernel.mounts import (
     Hierarchy, Mount, _hierarchy_from, hierarchy, parse_mountinfo, resolve, twin_v2,
 )
-from conftest import require_kernel, require_root
-from unified_ns import REPO, TESTS, run_unified
+from tests.support.require import require_kernel, require_root
+from tests.support.unified_ns import REPO, TESTS, run_unified
 
 CGROUP_SUPER_MAGIC = 0x27E0EB
 CGROUP2_SUPER_MAGIC = 0x63677270
@@ -307,8 +307,8 @@ def test_this_host_is_hybrid_and_agrees_with_statfs():
 def test_unified_namespace_is_unified(testbed):
     code = """
 import json, os
-from cgshim.hierarchy import hierarchy, resolve
-from cgshim.testbed import Testbed
+from cgshim.kernel.mounts import hierarchy, resolve
+from tests.support.testbed import Testbed
 h = hierarchy()
 with Testbed() as bed:
     d = bed.cgroup(2)
@@ -334,7 +334,7 @@ def test_bind_mounted_subtree_has_its_root(testbed, tmp_path):
     mnt.mkdir()
     code = f"""
 import json
-from cgshim.hierarchy import hierarchy, resolve
+from cgshim.kernel.mounts import hierarchy, resolve
 h = hierarchy()
 bound = [m for m in h.mounts if m.mount_point == {str(mnt)!r}]
 r = resolve({str(mnt)!r} + "/child", h)

@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 
 from cgshim.errors import CgroupNotFound, CgshimError, PermissionDenied
 from cgshim.load import LoadTracker, Sample, Sampler, milli_load
-from conftest import require_kernel
+from tests.support.require import require_kernel
 
 # exp(-1/10) and exp(-10/10), written out: the decay of a 1 s and a 10 s housekeeping interval.
 DECAY_1S = 0.9048374180359595

@@ -1,4 +1,4 @@
-"""cgshim.netlink against the real kernel: TASKSTATS family, taskstats, cgroupstats.
+"""cgshim.kernel.netlink against the real kernel: TASKSTATS family, taskstats, cgroupstats.
 
 Ground truth comes from the kernel itself (a raw AF_NETLINK query made here with the
 socket module, /proc) and from test-bed threads pinned in known states.
@@ -15,10 +15,11 @@ import time
 
 import pytest
 
-from cgshim import _native, netlink
+from cgshim import _native
+from cgshim.kernel import netlink
 from cgshim.errors import CgshimError, NetlinkError, NetlinkTimeout
 from cgshim.model import TaskCounts
-from conftest import require_kernel, require_root
+from tests.support.require import require_kernel, require_root
 
 # --- a minimal netlink client on Python's socket module (independent of the C core) ---
 NETLINK_GENERIC = 16
@@ -473,7 +474,7 @@ def test_bad_timeout_is_refused(timeout):
 @pytest.mark.kernel
 def test_open_socket_falls_back_without_the_extension(monkeypatch):
     require_root()
-    from cgshim import reference
+    from cgshim.kernel import reference
     from cgshim.errors import Unsupported
 
     monkeypatch.setattr(_native, "netlink", None)  # as if the extension were not built

@@ -1,4 +1,4 @@
-"""Hypothesis on the netlink reply parsers (cgshim/_native/netlink.c through cgshim.netlink).
+"""Hypothesis on the netlink reply parsers (cgshim/_native/netlink.c through cgshim.kernel.netlink).
 
 Contract: any input either parses or raises a CgshimError subclass (never a crash, never
 another exception); valid replies, synthetic or captured from the kernel here, parse to
@@ -13,12 +13,13 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from cgshim import _native, netlink
+from cgshim import _native
+from cgshim.kernel import netlink
 from cgshim.errors import CgshimError, MalformedReply, NetlinkError
 from cgshim.model import TaskCounts
-from cgshim.taskstats_struct import decode_taskstats
-from conftest import require_kernel, require_root
-from test_netlink import (CGROUPSTATS_CMD_ATTR_FD, CGROUPSTATS_CMD_GET, CTRL_ATTR_FAMILY_NAME,
+from cgshim.kernel.taskstats import decode_taskstats
+from tests.support.require import require_kernel, require_root
+from tests.test_netlink import (CGROUPSTATS_CMD_ATTR_FD, CGROUPSTATS_CMD_GET, CTRL_ATTR_FAMILY_NAME,
                           CTRL_CMD_GETFAMILY, GENL_ID_CTRL, TASKSTATS_CMD_ATTR_PID,
                           TASKSTATS_CMD_ATTR_TGID, TASKSTATS_CMD_GET, genl, need_native, nla,
                           nlmsg, raw_exchange, raw_family_id)

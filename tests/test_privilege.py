@@ -16,7 +16,7 @@ import tempfile
 
 import pytest
 
-from test_faults import REPO, TESTS, _PRELUDE, proc_counts, run_child
+from tests.test_faults import REPO, TESTS, _PRELUDE, proc_counts, run_child
 
 pytestmark = pytest.mark.kernel
 COUNTS = ("nr_running", "nr_sleeping", "nr_uninterruptible", "nr_stopped")

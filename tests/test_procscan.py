@@ -1,5 +1,5 @@
 """The thread-state scan on real cgroups (v2 cgroup.threads, v1 tasks) holding workers in
-known states, from cgshim.testbed. Needs root; marked ``kernel``."""
+known states, from tests.support.testbed. Needs root; marked ``kernel``."""
 import collections
 import errno
 import os
@@ -11,9 +11,9 @@ import time
 import pytest
 
 from cgshim import _native
-from conftest import REQUIRE
+from tests.support.require import REQUIRE
 from cgshim.errors import CgroupNotFound
-from cgshim.procstat import STATE_FIELDS, ScanCounts, Scanner
+from cgshim.kernel.threadstat import STATE_FIELDS, ScanCounts, Scanner
 
 pytestmark = pytest.mark.kernel
 

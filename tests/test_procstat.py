@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings, strategies as st
 
 from cgshim import _native
-from conftest import REQUIRE
+from tests.support.require import REQUIRE
 from cgshim.errors import CgroupNotFound, CgshimError, ParseError
-from cgshim.procstat import STATE_FIELDS, ScanCounts, Scanner, effective_max_fds, parse_stat_state
+from cgshim.kernel.threadstat import STATE_FIELDS, ScanCounts, Scanner, effective_max_fds, parse_stat_state
 
 NATIVE = _native.procscan
 # Under CGSHIM_REQUIRE_KERNEL=1 (CI) a missing build fails these tests instead of skipping.

@@ -1,4 +1,4 @@
-"""cgshim.psi: parsing pressure files, and reading them from the real kernel."""
+"""cgshim.kernel.psi: parsing pressure files, and reading them from the real kernel."""
 import os
 
 import pytest
@@ -6,8 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cgshim.errors import CgshimError, ParseError
-from cgshim.psi import Pressure, PressureLine, parse_pressure, read_pressure
-from conftest import require_kernel
+from cgshim.kernel.psi import Pressure, PressureLine, parse_pressure, read_pressure
+from tests.support.require import require_kernel
 
 _avg = st.integers(0, 10000).map(lambda c: c / 100)     # what psi_show prints: %lu.%02lu
 _line = st.builds(PressureLine, _avg, _avg, _avg, st.integers(0, 2**64 - 1))

@@ -12,9 +12,9 @@ import time
 import pytest
 
 import cgshim
-from cgshim import procstat
+from cgshim.kernel import threadstat as procstat
 from cgshim.errors import CgroupNotFound, CgshimError
-from cgshim.hierarchy import resolve
+from cgshim.kernel.mounts import resolve
 
 pytestmark = pytest.mark.kernel
 

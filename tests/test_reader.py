@@ -172,7 +172,7 @@ def test_get_cpu_load_module_default(testbed):
 
 def test_pure_v2_host_simulated(testbed):
     """A unified host: cgroup2 mounted over /sys/fs/cgroup in a private mount namespace."""
-    from unified_ns import run_unified
+    from tests.support.unified_ns import run_unified
 
     v2 = testbed.cgroup(2)
     w = testbed.spawn(busy=True, pipe=2, cgroups=(v2,))

@@ -1,5 +1,5 @@
-"""cgshim.reference.TaskstatsSocket (pyroute2 path) against the running kernel, and
-cross-checked with the native cgshim.netlink socket when that is built."""
+"""cgshim.kernel.reference.TaskstatsSocket (pyroute2 path) against the running kernel, and
+cross-checked with the native cgshim.kernel.netlink socket when that is built."""
 import errno
 import os
 import socket
@@ -11,10 +11,10 @@ import pytest
 
 from cgshim.errors import NetlinkError, NetlinkTimeout
 from cgshim.model import TaskCounts
-from cgshim.reference import TaskstatsSocket
-from cgshim import testbed as testbed_mod
+from cgshim.kernel.reference import TaskstatsSocket
+from tests.support import testbed as testbed_mod
 
-from conftest import require_kernel, require_root
+from tests.support.require import require_kernel, require_root
 
 pytestmark = pytest.mark.kernel
 
@@ -225,7 +225,7 @@ def test_no_fd_leaks(ref):
 # --- cross-check with the native socket --------------------------------------------------
 
 def native_socket():
-    netlink = pytest.importorskip("cgshim.netlink")
+    netlink = pytest.importorskip("cgshim.kernel.netlink")
     from cgshim import _native
 
     require_kernel(_native.netlink is not None,

@@ -20,7 +20,7 @@ import sys
 import pytest
 
 import cgshim
-from cgshim.procstat import effective_max_fds
+from cgshim.kernel.threadstat import effective_max_fds
 
 pytestmark = pytest.mark.kernel
 

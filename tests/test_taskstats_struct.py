@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cgshim.errors import MalformedReply
-from cgshim.taskstats_struct import TaskStats, Timespec, decode_taskstats
+from cgshim.kernel.taskstats import TaskStats, Timespec, decode_taskstats
 
-from conftest import require_root
+from tests.support.require import require_root
 
 # name: (offset, struct format char, version that added it) -- v16/v17 placement.
 V16 = {

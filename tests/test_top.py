@@ -15,11 +15,11 @@ import time
 import pytest
 from hypothesis import given, strategies as st
 
-from cgshim.hierarchy import Hierarchy, Mount
+from cgshim.kernel.mounts import Hierarchy, Mount
 from cgshim.load import Sample
 from cgshim.model import CpuLoad
-from cgshim.psi import Pressure, PressureLine
-from cgshim.top import SORT_KEYS, Row, default_roots, format_table, rows_from_snapshot, sort_rows
+from cgshim.kernel.psi import Pressure, PressureLine
+from cgshim.app.top import SORT_KEYS, Row, default_roots, format_table, rows_from_snapshot, sort_rows
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, COLUMNS="200",
@@ -170,7 +170,7 @@ def test_missing_root_fails_before_drawing(testbed):
 
 @pytest.mark.kernel
 def test_cgroups_come_and_go_between_refreshes(testbed):
-    from cgshim.top import _Session
+    from cgshim.app.top import _Session
 
     parent = testbed.cgroup(2)
     first = testbed.cgroup(2, parent=parent)

@@ -3,7 +3,7 @@
 What this module reads: the state letter of each thread in a cgroup's thread list
 (``cgroup.threads`` on v2, ``tasks`` on v1), counted the way cgroupstats_build()
 (kernel/cgroup/cgroup-v1.c) counts task states: R, S, D, T by exact letter, anything
-else apart. Thread lists are parsed by :func:`cgshim.cgroupfs.parse_thread_list`
+else apart. Thread lists are parsed by :func:`cgshim.kernel.cgroupfs.parse_thread_list`
 (pure Python) or by the C scanner (cgshim/_native/procscan.c), which agree.
 
 - :func:`parse_stat_state` -- pure parser: the state letter of one stat line.
@@ -23,10 +23,10 @@ import threading
 
 import attrs
 
-from . import _native
-from .errors import (CgroupNotFound, CgshimError, NotACgroup, ParseError, PermissionDenied,
+from cgshim import _native
+from cgshim.errors import (CgroupNotFound, CgshimError, NotACgroup, ParseError, PermissionDenied,
                      Unsupported)
-from .model import TaskCounts
+from cgshim.model import TaskCounts
 
 # cgroupstats_build() counts by exact task state; by /proc letter that is:
 STATE_FIELDS = {"R": "nr_running", "S": "nr_sleeping", "D": "nr_uninterruptible", "T": "nr_stopped"}
@@ -276,7 +276,7 @@ class Scanner:
             return _from_c(out)
 
     def _scan_python(self, data, path):
-        from .cgroupfs import parse_thread_list
+        from cgshim.kernel.cgroupfs import parse_thread_list
 
         try:
             tids = parse_thread_list(data)

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TESTS = os.path.join(REPO, "tests")
 
 _SCRIPT = 'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$0" -c "$1"'

@@ -37,11 +37,11 @@ import time
 
 import attrs
 
-from . import cgroupfs
-from .errors import CgshimError
-from .hierarchy import hierarchy as _load_hierarchy, resolve as _resolve
-from .load import Sampler
-from .reader import Reader
+from cgshim.kernel import cgroupfs
+from cgshim.errors import CgshimError
+from cgshim.kernel.mounts import hierarchy as _load_hierarchy, resolve as _resolve
+from cgshim.load import Sampler
+from cgshim.reader import Reader
 
 __all__ = ["SORT_KEYS", "Row", "default_roots", "load_dict", "rows_from_snapshot",
            "sort_rows", "format_table", "run"]

@@ -21,7 +21,7 @@ psi) and ``cgshim_sampling_errors_total{error}`` (failed readings by cgshim erro
 ``cgshim_cgroups`` (cgroups with a reading) and the standard ``process_*`` metrics.
 
 Labels. Every per-cgroup series carries ``id``: the cgroup's name within its hierarchy, as
-cAdvisor writes it ("/kubepods.slice/..."; :attr:`cgshim.hierarchy.Resolved.name`), and
+cAdvisor writes it ("/kubepods.slice/..."; :attr:`cgshim.kernel.mounts.Resolved.name`), and
 ``pod_uid``, ``container_id``, ``qos`` from :func:`cgshim.k8s.parse_cgroup`. A metric's label
 set is fixed, so for a cgroup that is not a pod or container (and ``container_id`` of a pod
 cgroup) those values are the empty string, which PromQL treats exactly like an absent label:
@@ -29,7 +29,7 @@ cgroup) those values are the empty string, which PromQL treats exactly like an a
 No sample timestamps are attached (the scrape time is used).
 
 Sampling. The cgroups exported are each root and all its descendants, found again with
-:func:`cgshim.cgroupfs.walk` at every tick, so cgroups that appear are picked up and removed
+:func:`cgshim.kernel.cgroupfs.walk` at every tick, so cgroups that appear are picked up and removed
 ones are dropped (with their series) at the next tick. One :class:`cgshim.load.Sampler` thread
 reads them every ``interval`` seconds, CPU load and memory/io pressure alike; a scrape only
 formats the latest figures and never touches a cgroup file. If two roots name the same cgroup
@@ -42,7 +42,7 @@ selects a file or a cgroup: the set is fixed by the roots given at start. Binds 
 unless told otherwise.
 
 Entry points: :func:`serve` (used by ``python -m cgshim serve``) and this module's own
-:func:`main`, ``python -m cgshim.exporter [--listen HOST:PORT] [--interval S] [--root PATH ...]``
+:func:`main`, ``python -m cgshim.app.exporter [--listen HOST:PORT] [--interval S] [--root PATH ...]``
 with the same options. Exit status of main: 0 after SIGTERM/SIGINT, 1 on a runtime error
 (bad root, address in use, sampler failure), 2 on bad usage.
 """
@@ -59,12 +59,13 @@ import attrs
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from . import cgroupfs, k8s, psi
-from .errors import CgroupNotFound, CgshimError
-# from-imports: the package may rebind the name ``cgshim.hierarchy`` to the function.
-from .hierarchy import Resolved, hierarchy as _load_hierarchy, resolve as _resolve, twin_v2 as _twin_v2
-from .load import Sampler
-from .reader import Reader
+from cgshim.kernel import cgroupfs, psi
+from cgshim import k8s
+from cgshim.errors import CgroupNotFound, CgshimError
+# from-imports: the package may rebind the name ``cgshim.kernel.mounts`` to the function.
+from cgshim.kernel.mounts import Resolved, hierarchy as _load_hierarchy, resolve as _resolve, twin_v2 as _twin_v2
+from cgshim.load import Sampler
+from cgshim.reader import Reader
 
 __all__ = ["Exporter", "Reading", "serve", "main", "DEFAULT_LISTEN"]
 
@@ -90,7 +91,7 @@ class Reading:
     """One tick's reading of a cgroup, as the exporter's Sampler stores it.
 
     ``cpu_load`` is the :class:`cgshim.model.CpuLoad` (its ``pressure`` is cpu.pressure);
-    ``memory`` and ``io`` are :class:`cgshim.psi.Pressure` or None where the file is absent.
+    ``memory`` and ``io`` are :class:`cgshim.kernel.psi.Pressure` or None where the file is absent.
     ``nr_running`` / ``nr_uninterruptible`` are the CpuLoad's, for the Sampler's tracker.
     """
 
@@ -113,7 +114,7 @@ def _cadvisor_id(name):
 
     Seen from inside a cgroup namespace (a pod's), a bind of the host's whole hierarchy shows
     its root in mountinfo as "/../.." (kernel/cgroup cgroup_show_path), which
-    :func:`cgshim.hierarchy.resolve` carries into the name. Those leading ".." lead from the
+    :func:`cgshim.kernel.mounts.resolve` carries into the name. Those leading ".." lead from the
     namespace root up to the real root, so the host-relative name is what follows them.
     """
     parts = [p for p in name.split("/") if p]
@@ -146,7 +147,7 @@ class Exporter:
     """Samples ``roots`` and all their descendant cgroups every ``interval`` seconds and serves
     the readings as Prometheus metrics (see the module docstring).
 
-    ``roots``: cgroup directories or names, as :func:`cgshim.hierarchy.resolve` accepts them;
+    ``roots``: cgroup directories or names, as :func:`cgshim.kernel.mounts.resolve` accepts them;
     each must exist now (CgroupNotFound / NotACgroup otherwise); one that is removed later is
     counted as a sampling error at each tick until it comes back. ``reader``: a
     :class:`cgshim.reader.Reader` to use (it stays the caller's); by default the Exporter makes
@@ -518,10 +519,10 @@ def add_arguments(parser):
 
 
 def main(argv=None):
-    """``python -m cgshim.exporter``: the exporter's own entry point (same options as
+    """``python -m cgshim.app.exporter``: the exporter's own entry point (same options as
     ``python -m cgshim serve``). Returns the exit status."""
     parser = add_arguments(argparse.ArgumentParser(
-        prog="python -m cgshim.exporter",
+        prog="python -m cgshim.app.exporter",
         description="Serve cAdvisor's container load metrics (and PSI) for cgroups, on any "
                     "cgroup host. Exit 0 after SIGTERM/SIGINT, 1 on error, 2 on bad usage."))
     args = parser.parse_args(argv)

@@ -11,9 +11,9 @@ The TASKSTATS generic netlink family answers two requests:
 
 The socket work and the reply parsing live in cgshim/_native/netlink.c (one parser used
 for the socket's replies and for :func:`parse_cgroupstats` / :func:`parse_taskstats`);
-struct taskstats is decoded by :mod:`cgshim.taskstats_struct`. :func:`open_socket` is
+struct taskstats is decoded by :mod:`cgshim.kernel.taskstats`. :func:`open_socket` is
 the one place that picks this native socket or, when the extension is not built, the
-pure-Python :class:`cgshim.reference.TaskstatsSocket`.
+pure-Python :class:`cgshim.kernel.reference.TaskstatsSocket`.
 
 Errors are :class:`~cgshim.errors.NetlinkError` (``.errno`` is the kernel's) and its
 subclasses: :class:`~cgshim.errors.NetlinkTimeout` (no answer in time),
@@ -32,7 +32,7 @@ import attrs
 from cgshim import _native
 from cgshim.errors import FamilyNotFound, MalformedReply, NetlinkError, NetlinkTimeout, Unsupported
 from cgshim.model import TaskCounts
-from cgshim.taskstats_struct import TaskStats, decode_taskstats
+from cgshim.kernel.taskstats import TaskStats, decode_taskstats
 
 # Room for struct taskstats as sent; v17 is 688 bytes. A longer one is fetched again.
 _STATS_CAP = 4096
@@ -54,7 +54,7 @@ def _lib():
         raise Unsupported(
             "the native netlink extension cgshim._native._netlink is not built or does not "
             f"load ({_native.load_errors.get('netlink')}); build it with "
-            "`python cgshim/_native/build.py netlink` or use cgshim.netlink.open_socket()")
+            "`python cgshim/_native/build.py netlink` or use cgshim.kernel.netlink.open_socket()")
     return mod
 
 
@@ -267,10 +267,10 @@ class TaskstatsSocket:
 
 
 def open_socket(timeout=1.0):
-    """A TaskstatsSocket: the native one, or :class:`cgshim.reference.TaskstatsSocket`
+    """A TaskstatsSocket: the native one, or :class:`cgshim.kernel.reference.TaskstatsSocket`
     (same interface, pure Python) when the C extension is not built or does not load."""
     if _native.netlink is None:
-        from cgshim.reference import TaskstatsSocket as ReferenceSocket
+        from cgshim.kernel.reference import TaskstatsSocket as ReferenceSocket
 
         return ReferenceSocket(timeout)
     return TaskstatsSocket(timeout)

@@ -161,7 +161,7 @@ class Testbed:
     def root(self, version):
         """Mount point of the v1 ``cpu`` hierarchy (version=1) or of cgroup2 (version=2)."""
         if self._roots[version] is None:
-            from cgshim.hierarchy import hierarchy
+            from cgshim.kernel.mounts import hierarchy
 
             h = hierarchy()
             mount = h.v1_mount("cpu") if version == 1 else h.v2

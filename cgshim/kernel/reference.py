@@ -1,6 +1,6 @@
 """Reference path: TASKSTATS / CGROUPSTATS requests encoded and decoded by pyroute2.
 
-The same three requests as :mod:`cgshim.netlink` (family lookup, CGROUPSTATS_CMD_GET,
+The same three requests as :mod:`cgshim.kernel.netlink` (family lookup, CGROUPSTATS_CMD_GET,
 TASKSTATS_CMD_GET; kernel/taskstats.c), but every netlink message is built and parsed
 by pyroute2's ``genlmsg``/``ctrlmsg`` classes and its ``Marshal`` instead of cgshim's C
 core, so the two paths cross-check each other. Used when the native module cannot load.
@@ -8,7 +8,7 @@ core, so the two paths cross-check each other. Used when the native module canno
 Two deliberate departures from pyroute2's own ``TaskStats`` socket:
 
 - The struct taskstats payload is taken as raw bytes and decoded by
-  :func:`cgshim.taskstats_struct.decode_taskstats` (pyroute2 0.9.7 decodes version 16
+  :func:`cgshim.kernel.taskstats.decode_taskstats` (pyroute2 0.9.7 decodes version 16
   with the old layout and leaves ac_comm NUL-padded).
 - The socket I/O is a plain AF_NETLINK socket with a receive deadline, not pyroute2's
   GenericNetlinkSocket: that one (0.9.x) runs an asyncio loop and a separate socket per
@@ -40,7 +40,7 @@ from pyroute2.netlink.marshal import Marshal
 
 from cgshim.errors import FamilyNotFound, MalformedReply, NetlinkError, NetlinkTimeout
 from cgshim.model import TaskCounts
-from cgshim.taskstats_struct import decode_taskstats
+from cgshim.kernel.taskstats import decode_taskstats
 
 NETLINK_GENERIC = 16
 TASKSTATS_GENL_NAME = "TASKSTATS"
@@ -157,7 +157,7 @@ class TaskstatsSocket:
         """TASKSTATS_CMD_GET for a thread (``tgid=False``) or a whole thread group.
 
         Needs CAP_NET_ADMIN (else NetlinkError(EPERM)); NetlinkError(ESRCH) when no such
-        task exists. Returns a :class:`cgshim.taskstats_struct.TaskStats`.
+        task exists. Returns a :class:`cgshim.kernel.taskstats.TaskStats`.
         """
         pid = int(pid)
         if not 0 < pid <= 0x7FFFFFFF:

@@ -1,0 +1,1 @@
+"""Consumers of the library: command line, exporter, live view. Nothing below imports them."""
