@@ -2,13 +2,22 @@
 
 Callers that only care whether a reading was produced catch CgshimError; the
 subclasses say what went wrong in terms a person can act on.
+
+:func:`translate` is the one errno map: every module that meets an OSError on a kernel
+file turns it into a cgshim error through it (table: :data:`ERRNO_TABLE`).
 """
 import errno as _errno
 import os
 
 
 class CgshimError(Exception):
-    """Base class of every error cgshim raises."""
+    """Base class of every error cgshim raises.
+
+    An error made by :func:`translate` from an OSError carries ``errno`` and ``path``
+    (None otherwise)."""
+
+    errno = None
+    path = None
 
 
 class NetlinkError(CgshimError):
@@ -69,4 +78,70 @@ class ParseError(CgshimError):
 
 
 class Unsupported(CgshimError):
-    """The kernel does not offer the interface (e.g. PSI disabled: EOPNOTSUPP)."""
+    """The kernel does not offer the interface (e.g. PSI disabled: EOPNOTSUPP), or a
+    backend asked for cannot serve this host or this kind of cgroup."""
+
+
+class KernelError(CgshimError):
+    """The kernel answered an errno that has no more specific meaning for cgshim (EIO, an
+    out-of-descriptors EMFILE/ENFILE, ...). ``errno`` and ``path`` say which and where."""
+
+
+# ----------------------------------------------------------------------- the errno map
+
+#: The one errno map: errno -> (error type, what it means), for an OSError met on a kernel
+#: file (or an errno the C core returns for one). ``translate`` applies it; no other module
+#: maps OSError to cgshim errors. ENOENT is "gone" only where the object is a cgroup: see
+#: ``translate``.
+ERRNO_TABLE = {
+    # kernfs answers ENOENT for a name that is not (or no longer) there; a cgroup being
+    # removed answers ENODEV at open() *and* at read(): kernfs_fop_open() and
+    # kernfs_fop_read_iter() fail kernfs_get_active() on a deactivated node
+    # (fs/kernfs/file.c). Both mean the cgroup is gone.
+    _errno.ENOENT: (CgroupNotFound, "no such cgroup: it does not exist or was removed"),
+    _errno.ENODEV: (CgroupNotFound, "the cgroup was removed while being read"),
+    _errno.ENOTDIR: (NotACgroup, "a component of the path is not a directory"),
+    _errno.ELOOP: (NotACgroup, "too many levels of symbolic links"),
+    _errno.ENAMETOOLONG: (NotACgroup, "name too long"),
+    _errno.EACCES: (PermissionDenied, "permission denied"),
+    _errno.EPERM: (PermissionDenied, "operation not permitted"),
+    # psi_show()/cgroup_pressure_show() with PSI off at boot (kernel/sched/psi.c,
+    # kernel/cgroup/cgroup.c); cgroup.procs of a threaded cgroup (cgroup_procs_start()).
+    _errno.EOPNOTSUPP: (Unsupported, "the kernel does not offer this here"),
+    _errno.EMFILE: (KernelError, "out of file descriptors; raise RLIMIT_NOFILE or lower "
+                                 "Reader(max_cgroups=..., max_fds=...)"),
+    _errno.ENFILE: (KernelError, "out of file descriptors system-wide (ENFILE)"),
+}
+#: Any errno not in the table (EIO, EINVAL, EISDIR, ...): the same everywhere.
+DEFAULT_ENTRY = (KernelError, "the kernel refused the operation")
+
+
+def translate(err, path, *, cgroup=None, optional=False, hint=None):
+    """The cgshim error for ``err`` (an OSError or an errno number) met on ``path``.
+
+    One table, :data:`ERRNO_TABLE`, for every module. ``cgroup`` is the cgroup directory
+    ``path`` belongs to (``path`` itself when it is the directory); None when ``path`` is
+    not part of a cgroup (mountinfo, the proc root): then ENOENT/ENODEV mean "not there"
+    (Unsupported), not a gone cgroup. ``optional=True`` says a live cgroup of some kind
+    may lack the file (cgroup.stat on v1): ENOENT then means Unsupported while the
+    cgroup's directory still exists. ``hint`` is appended to the message.
+
+    The returned error carries ``errno`` and ``path``; the caller raises it ``from`` the
+    OSError.
+    """
+    number = err.errno if isinstance(err, OSError) else err
+    number = number or _errno.EIO
+    kind, meaning = ERRNO_TABLE.get(number, DEFAULT_ENTRY)
+    if kind is CgroupNotFound:
+        if cgroup is None:
+            kind, meaning = Unsupported, "not there"
+        elif optional and number == _errno.ENOENT and os.path.isdir(cgroup):
+            kind, meaning = Unsupported, f"the cgroup {cgroup} has no such file"
+    name = _errno.errorcode.get(number, "?")
+    text = f"{path}: {meaning} ([errno {number} {name}] {os.strerror(number)})"
+    if hint:
+        text = f"{text}; {hint}"
+    error = kind(text)
+    error.errno = number
+    error.path = path
+    return error

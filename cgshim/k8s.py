@@ -21,7 +21,7 @@ import re
 
 import attrs
 
-from cgshim.errors import CgroupNotFound, NotACgroup, PermissionDenied
+from cgshim.errors import CgroupNotFound, NotACgroup, translate
 
 __all__ = ["K8sCgroup", "QOS_CLASSES", "DRIVERS", "RUNTIMES", "pod_cgroup", "container_cgroup",
            "parse_cgroup", "discover"]
@@ -210,10 +210,11 @@ def _subdirs(path):
     try:
         with os.scandir(path) as it:
             return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    except PermissionError as exc:
-        raise PermissionDenied(f"cannot list {path}: {exc.strerror} (run as root or with CAP_DAC_READ_SEARCH)") from exc
+    except OSError as exc:
+        error = translate(exc, path, cgroup=path, hint="run as root or with CAP_DAC_READ_SEARCH")
+        if isinstance(error, (CgroupNotFound, NotACgroup)):
+            return []
+        raise error from exc
 
 
 def discover(root=None):

@@ -1,23 +1,47 @@
-"""Value types shared by every backend."""
+"""The one model: value types every backend produces and every consumer reads.
+
+- :class:`TaskCounts` -- task counts of one cgroup, in one field order everywhere
+  (nr_running, nr_sleeping, nr_uninterruptible, nr_stopped, nr_io_wait).
+- :class:`CpuLoad` -- one reading: the counts, CPU pressure, and which backend and which
+  implementation produced them.
+- :class:`BackendStatus` -- whether a backend can serve this host, and how
+  (:func:`cgshim.backends`).
+"""
 import attrs
+
+#: The count fields, in the one order of TaskCounts and CpuLoad.
+COUNT_FIELDS = ("nr_running", "nr_sleeping", "nr_uninterruptible", "nr_stopped", "nr_io_wait")
 
 
 @attrs.frozen
 class TaskCounts:
-    """Task counts of one cgroup, as struct cgroupstats (include/uapi/linux/cgroupstats.h)."""
+    """Task counts of one cgroup: struct cgroupstats (include/uapi/linux/cgroupstats.h)
+    by meaning, in CpuLoad's field order.
 
-    nr_sleeping: int
-    nr_running: int
-    nr_stopped: int
-    nr_uninterruptible: int
-    nr_io_wait: int
+    ``nr_io_wait`` is None where the source cannot see it (in_iowait is not in /proc);
+    a count not given is 0. Backends that know more (the scanner) subclass this.
+    """
+
+    nr_running: int = 0
+    nr_sleeping: int = 0
+    nr_uninterruptible: int = 0
+    nr_stopped: int = 0
+    nr_io_wait: "int | None" = None
+
+    def plus(self, other: "TaskCounts") -> "TaskCounts":
+        """The sum of two cgroups' counts (a pod as the sum of its containers); a count
+        that one side cannot see (None) is None in the sum."""
+        return TaskCounts(*(None if a is None or b is None else a + b for a, b in (
+            (self.nr_running, other.nr_running), (self.nr_sleeping, other.nr_sleeping),
+            (self.nr_uninterruptible, other.nr_uninterruptible),
+            (self.nr_stopped, other.nr_stopped), (self.nr_io_wait, other.nr_io_wait))))
 
 
 @attrs.frozen
 class CpuLoad:
     """One reading of a cgroup's task states, and its CPU pressure.
 
-    ``source`` says how the counts were obtained, and with it their exact meaning:
+    ``source`` says which backend produced the counts, and with it their exact meaning:
 
     - ``"netlink"``: the kernel's CGROUPSTATS answer (cgroup v1). Counts are the kernel's
       exact-match classification in cgroupstats_build() (kernel/cgroup/cgroup-v1.c):
@@ -32,7 +56,13 @@ class CpuLoad:
       counts, each distinct tid once. ``nr_io_wait`` is None: in_iowait is not visible in
       /proc.
     - ``"psi"``: the threads could not be enumerated (no permission, or some not visible
-      in this pid namespace): every count is None and only ``pressure`` is filled.
+      in this pid namespace), or the caller asked for PSI only: every count is None and
+      only ``pressure`` is filled.
+
+    ``implementation`` says which code produced the counts: ``"native"`` (cgshim's C core),
+    ``"python"`` (pure Python: the scanner without its C core, and PSI) or ``"pyroute2"``
+    (netlink through pyroute2 when the C core does not load). A fallback from the C core is
+    never silent: it shows here.
 
     nr_running and nr_stopped mean the same on every backend (what the load average
     is built from). ``reason`` says why a preferred backend was not used, or is None.
@@ -49,3 +79,29 @@ class CpuLoad:
     pressure: "object | None"  # cgshim.kernel.psi.Pressure
     timestamp: float
     reason: "str | None" = None
+    implementation: "str | None" = None
+
+    @property
+    def counts(self) -> "TaskCounts | None":
+        """The counts as TaskCounts, or None for a PSI-only reading."""
+        if self.nr_running is None:
+            return None
+        return TaskCounts(self.nr_running, self.nr_sleeping, self.nr_uninterruptible,
+                          self.nr_stopped, self.nr_io_wait)
+
+
+@attrs.frozen
+class BackendStatus:
+    """What :func:`cgshim.backends` says about one backend on this host.
+
+    ``available``: whether it can read cgroups here; ``reason``: why not (None when
+    available; also set when available with a fallback implementation, saying why the
+    preferred one is not used). ``implementation``: what would read ("native", "python",
+    "pyroute2"), None when unavailable. ``cgroup_versions``: the cgroup versions it reads.
+    """
+
+    name: str
+    available: bool
+    implementation: "str | None"
+    reason: "str | None"
+    cgroup_versions: tuple

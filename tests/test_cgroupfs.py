@@ -1,4 +1,5 @@
 """cgshim.kernel.cgroupfs: interface-file parsers and the cgroup tree on real cgroups."""
+import errno
 import os
 
 import pytest
@@ -6,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cgshim.kernel import cgroupfs
-from cgshim.errors import CgroupNotFound, NotACgroup, ParseError, Unsupported
+from cgshim.errors import CgroupNotFound, NotACgroup, ParseError, Unsupported, translate
 
 # ---------------------------------------------------------------- parsers
 
@@ -167,7 +168,8 @@ def test_open_file_of_removed_cgroup_is_cgroup_not_found(testbed):
         os.rmdir(d2)
         with pytest.raises(OSError) as exc:
             os.pread(fd, 4096, 0)
-        err = cgroupfs._os_error(exc.value, d2, "cgroup.stat")
-        assert isinstance(err, CgroupNotFound)
+        assert exc.value.errno == errno.ENODEV
+        err = translate(exc.value, os.path.join(d2, "cgroup.stat"), cgroup=d2, optional=True)
+        assert isinstance(err, CgroupNotFound) and err.errno == errno.ENODEV
     finally:
         os.close(fd)

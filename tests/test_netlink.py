@@ -254,7 +254,7 @@ def test_cgroupstats_ignores_freezable_sleepers(sock, testbed):
     finally:
         os.close(fd)
     expected_sleeping = 1 if kernel_at_least(6, 1) else 5
-    assert counts == TaskCounts(expected_sleeping, 0, 0, 0, 0)
+    assert counts == TaskCounts(nr_sleeping=expected_sleeping, nr_io_wait=0)
 
 
 @pytest.mark.kernel
@@ -405,7 +405,7 @@ def test_shared_socket_across_threads(sock, testbed):
             for i in range(150):
                 if (i + n) % 3 == 0:
                     got = sock.cgroupstats(fd)
-                    if got != TaskCounts(3, 0, 0, 0, 0):
+                    if got != TaskCounts(nr_sleeping=3, nr_io_wait=0):
                         errors.append(("cgroupstats", got))
                 else:
                     st = sock.taskstats(tid)

@@ -8,16 +8,15 @@
 - cpu.stat: flat keyed; v2: usage_usec, user_usec, system_usec, ... (descendants included);
   v1 cpu controller: nr_periods, nr_throttled, throttled_time, ...
 
-Parsers are pure and keep every key; readers map errno to cgshim errors: ENOENT/ENODEV of
-the cgroup -> CgroupNotFound, EACCES/EPERM -> PermissionDenied, a file this kind of
-cgroup does not have -> Unsupported.
+Parsers are pure and keep every key; readers map errno to cgshim errors with
+:func:`cgshim.errors.translate`: ENOENT/ENODEV of the cgroup -> CgroupNotFound, EACCES/EPERM
+-> PermissionDenied, a file this kind of cgroup does not have -> Unsupported.
 """
 from __future__ import annotations
 
-import errno
 import os
 
-from cgshim.errors import CgroupNotFound, NotACgroup, ParseError, PermissionDenied, Unsupported
+from cgshim.errors import CgroupNotFound, ParseError, Unsupported, translate
 
 
 def parse_thread_list(data: bytes) -> list[int]:
@@ -61,32 +60,14 @@ def parse_cpu_stat(text: str) -> dict[str, int]:
     return _parse_flat_keyed(text, "cpu.stat")
 
 
-def _os_error(exc: OSError, directory: str, filename: str | None):
-    """Translate an OSError about ``directory`` (or a file in it) into a cgshim error."""
-    target = os.path.join(directory, filename) if filename else directory
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return PermissionDenied(f"cannot read {target}: {exc.strerror}")
-    if exc.errno == errno.ENODEV:
-        return CgroupNotFound(f"cgroup {directory} was removed while reading {target}")
-    if exc.errno == errno.ENOTDIR:
-        return NotACgroup(f"{directory} is not a directory")
-    if exc.errno == errno.ENOENT:
-        if filename is None or not os.path.isdir(directory):
-            return CgroupNotFound(f"no cgroup at {directory} (removed, or never created)")
-        return Unsupported(f"{directory} has no {filename} (a cgroup v1 directory, or the "
-                           "kernel does not offer it)")
-    if exc.errno == errno.EOPNOTSUPP:
-        return Unsupported(f"{target}: {exc.strerror}")
-    return Unsupported(f"cannot read {target}: {exc}")
-
-
 def read_file(directory: str, filename: str) -> bytes:
     """The bytes of ``directory/filename``, errors mapped (see module docstring)."""
     try:
         with open(os.path.join(directory, filename), "rb") as f:
             return f.read()
     except OSError as exc:
-        raise _os_error(exc, directory, filename) from None
+        raise translate(exc, os.path.join(directory, filename), cgroup=directory,
+                        optional=True) from None
 
 
 def _text(directory: str, filename: str) -> str:
@@ -146,7 +127,7 @@ def children(directory: str) -> list[str]:
     try:
         return _subdirs(directory)
     except OSError as exc:
-        raise _os_error(exc, directory, None) from None
+        raise translate(exc, directory, cgroup=directory) from None
 
 
 def walk(directory: str):
@@ -163,7 +144,8 @@ def walk(directory: str):
         try:
             subs = _subdirs(path)
         except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENODEV):
+            error = translate(exc, path, cgroup=path)
+            if isinstance(error, CgroupNotFound):
                 continue
-            raise _os_error(exc, path, None) from None
+            raise error from None
         stack.extend(reversed(subs))

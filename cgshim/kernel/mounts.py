@@ -12,14 +12,13 @@ a loop: then it costs a few stat calls and never re-reads mountinfo.
 """
 from __future__ import annotations
 
-import errno
 import os
 import re
 import stat
 
 import attrs
 
-from cgshim.errors import CgroupNotFound, NotACgroup, ParseError, PermissionDenied, Unsupported
+from cgshim.errors import CgroupNotFound, NotACgroup, ParseError, Unsupported, translate
 
 MOUNTINFO = "/proc/self/mountinfo"
 
@@ -264,10 +263,8 @@ def hierarchy(mountinfo: str = MOUNTINFO) -> Hierarchy:
     try:
         with open(mountinfo, "rb") as f:
             data = f.read()
-    except FileNotFoundError:
-        raise Unsupported(f"{mountinfo} does not exist: is /proc mounted?") from None
-    except PermissionError as exc:
-        raise PermissionDenied(f"cannot read {mountinfo}: {exc}") from None
+    except OSError as exc:
+        raise translate(exc, mountinfo, hint="is /proc mounted?") from None
     return _hierarchy_from(parse_mountinfo(os.fsdecode(data)))
 
 
@@ -299,18 +296,14 @@ def _join_name(root: str, rel: list[str]) -> str:
 
 
 def _stat(path: str, what: str):
+    """os.stat(path), None if there is no such cgroup (ENOENT/ENODEV)."""
     try:
         return os.stat(path)
-    except FileNotFoundError:
-        return None
-    except (ProcessLookupError, OSError) as exc:
-        if exc.errno in (errno.ENOENT, errno.ENODEV):
+    except OSError as exc:
+        error = translate(exc, path, cgroup=path, hint=f"resolving {what}")
+        if isinstance(error, CgroupNotFound):
             return None
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            raise PermissionDenied(f"cannot stat {path}: {exc}") from None
-        if exc.errno == errno.ENOTDIR:
-            raise NotACgroup(f"{what}: a component of {path} is not a directory") from None
-        raise NotACgroup(f"{what}: cannot stat {path}: {exc}") from None
+        raise error from None
 
 
 def _checked_dir(path: str, mount: Mount, what: str):

@@ -83,8 +83,8 @@ _TASKSTATS_HINTS = {
 
 
 def _counts(cs):
-    # positional, in struct cgroupstats order (cheaper than keywords on the per-call path)
-    return TaskCounts(cs.nr_sleeping, cs.nr_running, cs.nr_stopped, cs.nr_uninterruptible,
+    # positional, in TaskCounts' order (cheaper than keywords on the per-call path)
+    return TaskCounts(cs.nr_running, cs.nr_sleeping, cs.nr_uninterruptible, cs.nr_stopped,
                       cs.nr_io_wait)
 
 
@@ -268,10 +268,17 @@ class TaskstatsSocket:
 
 def open_socket(timeout=1.0):
     """A TaskstatsSocket: the native one, or :class:`cgshim.kernel.reference.TaskstatsSocket`
-    (same interface, pure Python) when the C extension is not built or does not load."""
+    (same interface, pyroute2) when the C extension is not built or does not load. Which one
+    it is shows in its type; the Reader reports it as ``CpuLoad.implementation``. Neither
+    available: Unsupported naming both reasons."""
     if _native.netlink is None:
-        from cgshim.kernel.reference import TaskstatsSocket as ReferenceSocket
-
+        try:
+            from cgshim.kernel.reference import TaskstatsSocket as ReferenceSocket
+        except ImportError as exc:
+            raise Unsupported(
+                f"the C core's netlink module does not load ({_native.load_errors.get('netlink')}) "
+                f"and the pyroute2 fallback cannot be imported ({exc}): build the C core or "
+                f"pip install 'cgshim[reference]'") from exc
         return ReferenceSocket(timeout)
     return TaskstatsSocket(timeout)
 

@@ -13,12 +13,11 @@ reported as absent, never as zeros.
 """
 from __future__ import annotations
 
-import errno
 import math
 
 import attrs
 
-from cgshim.errors import CgroupNotFound, ParseError, PermissionDenied, Unsupported
+from cgshim.errors import ParseError, Unsupported, translate
 
 _AVGS = ("avg10", "avg60", "avg300")
 
@@ -90,29 +89,31 @@ def parse_pressure(text: str) -> Pressure:
     return Pressure(some=lines["some"], full=lines.get("full"))
 
 
-def read_pressure(path: str) -> Pressure | None:
-    """Read and parse a pressure file.
+def read_pressure(path: str, *, cgroup: str | None = None) -> Pressure | None:
+    """Read and parse a pressure file; ``cgroup`` is the cgroup directory it belongs to
+    (None for /proc/pressure/*).
 
     None when the file does not exist (a v1 directory, PSI hidden for the cgroup, a kernel
-    without PSI) or reading answers EOPNOTSUPP (PSI disabled at boot). EACCES/EPERM ->
-    PermissionDenied; ENODEV (the cgroup was removed while open) -> CgroupNotFound.
+    without PSI) or reading answers EOPNOTSUPP (PSI disabled at boot). Other errors by
+    :func:`cgshim.errors.translate`: EACCES/EPERM -> PermissionDenied; the cgroup removed
+    (ENODEV at open or read, ENOENT of its directory) -> CgroupNotFound; EIO -> KernelError.
     """
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.EOPNOTSUPP, errno.ENOTDIR):
+        error = translate(exc, path, cgroup=cgroup, optional=True)
+        if isinstance(error, Unsupported):
             return None
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            raise PermissionDenied(f"cannot read {path}: {exc.strerror}") from None
-        if exc.errno == errno.ENODEV:
-            raise CgroupNotFound(f"cgroup of {path} was removed while reading it") from None
-        raise Unsupported(f"cannot read {path}: {exc}") from None
+        raise error from None
+    return decode_pressure(data, path)
+
+
+def decode_pressure(data: bytes, path: str) -> Pressure:
+    """Parse the bytes read from pressure file ``path`` (ParseError naming the file)."""
     try:
-        text = data.decode("ascii")
+        return parse_pressure(data.decode("ascii"))
     except UnicodeDecodeError:
         raise ParseError(f"{path} is not ASCII text: {data[:100]!r}") from None
-    try:
-        return parse_pressure(text)
     except ParseError as exc:
         raise ParseError(f"{path}: {exc}") from None

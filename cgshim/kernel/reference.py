@@ -52,7 +52,7 @@ CGROUPSTATS_CMD_GET = 4
 CGROUPSTATS_CMD_NEW = 5
 
 # struct cgroupstats (include/uapi/linux/cgroupstats.h): nr_sleeping, nr_running,
-# nr_stopped, nr_uninterruptible, nr_io_wait -- TaskCounts' field order. Host byte order.
+# nr_stopped, nr_uninterruptible, nr_io_wait, in host byte order.
 _CGROUPSTATS = struct.Struct("=5Q")
 _CGROUPSTATS_SIZE = _CGROUPSTATS.size
 _RECV_SIZE = 65536
@@ -151,7 +151,8 @@ class TaskstatsSocket:
                 raise MalformedReply(
                     "CGROUPSTATS_CMD_NEW without a whole struct cgroupstats "
                     f"({0 if raw is None else len(raw)} of {_CGROUPSTATS_SIZE} bytes)")
-            return TaskCounts(*_CGROUPSTATS.unpack_from(raw))
+            sleeping, running, stopped, uninterruptible, io_wait = _CGROUPSTATS.unpack_from(raw)
+            return TaskCounts(running, sleeping, uninterruptible, stopped, io_wait)
 
     def taskstats(self, pid: int, tgid: bool = False):
         """TASKSTATS_CMD_GET for a thread (``tgid=False``) or a whole thread group.

@@ -24,8 +24,7 @@ import threading
 import attrs
 
 from cgshim import _native
-from cgshim.errors import (CgroupNotFound, CgshimError, NotACgroup, ParseError, PermissionDenied,
-                     Unsupported)
+from cgshim.errors import CgshimError, ParseError, Unsupported, translate
 from cgshim.model import TaskCounts
 
 # cgroupstats_build() counts by exact task state; by /proc letter that is:
@@ -62,8 +61,10 @@ def parse_stat_state(data: bytes) -> str:
 
 
 @attrs.frozen
-class ScanCounts:
-    """The outcome of one scan, as struct cg_scan_counts (cgshim/_native/procscan.h).
+class ScanCounts(TaskCounts):
+    """The outcome of one scan, as struct cg_scan_counts (cgshim/_native/procscan.h): the
+    TaskCounts of the listed threads (``nr_io_wait`` None: in_iowait is not in /proc) and
+    what was not counted.
 
     ``nr_listed`` distinct non-zero tids were in the list; each of them is counted in
     exactly one of nr_running, nr_sleeping, nr_uninterruptible, nr_stopped (R, S, D, T),
@@ -73,10 +74,6 @@ class ScanCounts:
     kernels print them; since the SEQ_SKIP fix in cgroup_procs_show() they are left out).
     """
 
-    nr_running: int = 0
-    nr_sleeping: int = 0
-    nr_uninterruptible: int = 0
-    nr_stopped: int = 0
     nr_other: int = 0
     nr_listed: int = 0
     nr_vanished: int = 0
@@ -84,13 +81,13 @@ class ScanCounts:
     nr_hidden: int = 0
 
     def task_counts(self) -> TaskCounts:
-        """The four counts as TaskCounts; nr_io_wait is 0 (in_iowait is not in /proc)."""
-        return TaskCounts(nr_sleeping=self.nr_sleeping, nr_running=self.nr_running,
-                          nr_stopped=self.nr_stopped,
-                          nr_uninterruptible=self.nr_uninterruptible, nr_io_wait=0)
+        """Just the counts, as a plain TaskCounts (nr_io_wait None)."""
+        return TaskCounts(self.nr_running, self.nr_sleeping, self.nr_uninterruptible,
+                          self.nr_stopped, None)
 
 
-_FIELDS = [a.name for a in attrs.fields(ScanCounts)]
+# struct cg_scan_counts' fields: ScanCounts' own, without nr_io_wait (never seen by a scan).
+_FIELDS = [a.name for a in attrs.fields(ScanCounts) if a.name != "nr_io_wait"]
 
 
 def effective_max_fds(max_fds: int) -> int:
@@ -114,21 +111,19 @@ def _first_bad_line(data: bytes):
     return None
 
 
+# The scanner's own verdicts on what it read (cgshim/_native/procscan.c returns them as
+# errno values); every other errno is the kernel's and goes through cgshim.errors.translate.
+_HINTS = {
+    errno.EACCES: "reading a cgroup's thread list needs read access to that file",
+    errno.EPERM: "reading a cgroup's thread list needs read access to that file",
+    errno.EOPNOTSUPP: "cgroup.procs of a threaded cgroup cannot be read, use cgroup.threads",
+    errno.EMFILE: "lower max_fds or raise RLIMIT_NOFILE",
+}
+
+
 def _list_error(err, path, data=None):
     """A CgshimError for errno ``err`` met while reading or scanning the list ``path``."""
-    name = errno.errorcode.get(err, "?")
     where = path if path is not None else "thread list"
-    if err in (errno.ENOENT, errno.ENODEV):
-        return CgroupNotFound(f"{where}: no such cgroup (errno {name}): it does not exist "
-                              f"or was removed while being read")
-    if err == errno.ENOTDIR:
-        return NotACgroup(f"{where}: a component of the path is not a directory (errno {name})")
-    if err in _DENIED:
-        return PermissionDenied(f"{where}: permission denied (errno {name}); reading a "
-                                f"cgroup's thread list needs read access to that file")
-    if err == errno.EOPNOTSUPP:
-        return Unsupported(f"{where}: the kernel refuses this read (errno {name}); cgroup.procs "
-                           f"of a threaded cgroup cannot be read, use cgroup.threads")
     if err == errno.EINVAL:
         bad = _first_bad_line(data) if data is not None else None
         detail = f": line {bad[0]} is {bad[1]!r}" if bad else ""
@@ -138,10 +133,8 @@ def _list_error(err, path, data=None):
     if err == errno.EBADMSG:
         return ParseError(f"{where}: a thread's stat file has no state letter after its comm "
                           f"(is the proc root really procfs?)")
-    if err in (errno.EMFILE, errno.ENFILE):
-        return CgshimError(f"{where}: out of file descriptors while scanning (errno {name}); "
-                           f"lower max_fds or raise RLIMIT_NOFILE")
-    return CgshimError(f"{where}: scan failed: [errno {err} {name}] {os.strerror(err)}")
+    return translate(err, where, cgroup=None if path is None else os.path.dirname(path),
+                     hint=_HINTS.get(err))
 
 
 class Scanner:
@@ -166,10 +159,9 @@ class Scanner:
                               f"run: python cgshim/_native/build.py procscan")
         try:
             dirfd = os.open(proc_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            raise Unsupported(f"{proc_root}: no proc filesystem directory there ({exc.strerror})") from exc
-        except PermissionError as exc:
-            raise PermissionDenied(f"{proc_root}: cannot open the proc root ({exc.strerror})") from exc
+        except OSError as exc:
+            raise translate(exc, proc_root, hint="cannot open the proc root: no proc filesystem "
+                                                 "directory there, or not readable") from exc
         if mod is None or native is False:
             self._dirfd = dirfd
             return
@@ -180,8 +172,7 @@ class Scanner:
         finally:
             os.close(dirfd)  # the scanner holds its own dup
         if err:
-            raise CgshimError(f"cannot create a scanner on {proc_root}: "
-                              f"[errno {err} {errno.errorcode.get(err, '?')}] {os.strerror(err)}")
+            raise translate(err, proc_root, hint="cannot create a scanner on it")
         self._sc = mod.ffi.gc(out[0], mod.lib.cg_scanner_free)
 
     @property
