@@ -8,6 +8,7 @@ from cgshim.errors import (
     CgroupNotFound,
     CgshimError,
     FamilyNotFound,
+    KernelError,
     MalformedReply,
     NetlinkError,
     NetlinkTimeout,
@@ -18,17 +19,17 @@ from cgshim.errors import (
 )
 from cgshim.kernel.mounts import Hierarchy, Mount, hierarchy
 from cgshim.load import LoadTracker, Sampler
-from cgshim.model import CpuLoad, TaskCounts
+from cgshim.model import BackendStatus, CpuLoad, TaskCounts
 from cgshim.kernel.netlink import taskstats
 from cgshim.kernel.psi import Pressure, PressureLine
-from cgshim.reader import Reader, get_cpu_load
+from cgshim.reader import Reader, backends, get_cpu_load
 from cgshim.kernel.taskstats import TaskStats
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CgroupNotFound", "CgshimError", "CpuLoad", "FamilyNotFound", "Hierarchy", "LoadTracker",
-    "MalformedReply", "Mount", "NetlinkError", "NetlinkTimeout", "NotACgroup", "ParseError",
+    "BackendStatus", "CgroupNotFound", "CgshimError", "CpuLoad", "FamilyNotFound", "Hierarchy",
+    "KernelError", "LoadTracker", "MalformedReply", "Mount", "NetlinkError", "NetlinkTimeout", "NotACgroup", "ParseError",
     "PermissionDenied", "Pressure", "PressureLine", "Reader", "Sampler", "TaskCounts",
-    "TaskStats", "Unsupported", "get_cpu_load", "hierarchy", "taskstats",
+    "TaskStats", "Unsupported", "backends", "get_cpu_load", "hierarchy", "taskstats",
 ]

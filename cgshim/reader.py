@@ -1,16 +1,25 @@
 """Reader: the one place that chooses how a cgroup's CPU load is read.
 
-Backend chain, per cgroup:
+A Reader tries an ordered chain of backends, per cgroup, the first that answers wins
+(``Reader(backends=(...))``; the default is every backend in :data:`BACKENDS` order, each
+used only for the cgroup versions it reads):
 
 1. ``netlink`` -- CGROUPSTATS_CMD_GET (kernel/taskstats.c, cgroupstats_build() in
-   kernel/cgroup/cgroup-v1.c) on the cgroup's directory, when it is on a v1 hierarchy and
-   the TASKSTATS family answers.
+   kernel/cgroup/cgroup-v1.c) on the cgroup's directory, for cgroups on a v1 hierarchy,
+   while the TASKSTATS family answers. Implementation: the C core (``"native"``), or
+   pyroute2 (``"pyroute2"``) when the C core does not load.
 2. ``scan`` -- the state of each thread listed in ``cgroup.threads`` (v2) or ``tasks``
-   (v1), read from /proc/<tid>/task/<tid>/stat by the C scanner: on cgroup2, or on v1 when
-   netlink is unavailable (no TASKSTATS family, ENOENT outside the host network namespace
-   on older kernels, EPERM, a socket that cannot be made).
+   (v1), read from /proc/<tid>/task/<tid>/stat: on cgroup2, or on v1 when netlink is not
+   chosen or does not answer (no TASKSTATS family, ENOENT outside the host network
+   namespace on older kernels, EPERM, a socket that cannot be made, a timeout).
+   Implementation: the C scanner (``"native"``) or pure Python (``"python"``).
 3. ``psi`` -- when the threads cannot be enumerated (permission denied on the list or the
    stat files, or none of the tids visible in this pid namespace): counts are None.
+
+Every reading names its backend (``CpuLoad.source``) and implementation
+(``CpuLoad.implementation``); why a backend earlier in the chain was passed over is in
+``CpuLoad.reason``. :func:`backends` says which backends this host offers, and how.
+Adding a backend is one class and one entry in :data:`BACKENDS`.
 
 ``pressure`` comes from ``cpu.pressure`` of the cgroup2 directory (on a hybrid host, the
 v1 cgroup's twin in the unified hierarchy, when it exists).
@@ -23,17 +32,21 @@ re-created cgroup of the same name is read correctly and a gone one raises Cgrou
 """
 import collections
 import errno
+import importlib.util
 import os
 import resource
 import threading
 import time
+import warnings
 
+from cgshim import _native
 from cgshim.kernel import cgroupfs, netlink, psi
 from cgshim.kernel.mounts import hierarchy as _load_hierarchy, resolve as _resolve, twin_v2 as _twin_v2
 from cgshim.errors import (
     CgroupNotFound, CgshimError, FamilyNotFound, NetlinkError, NetlinkTimeout, PermissionDenied,
+    Unsupported, translate,
 )
-from cgshim.model import CpuLoad
+from cgshim.model import BackendStatus, CpuLoad
 from cgshim.kernel.threadstat import Scanner
 
 _LIST_FILE = {1: "tasks", 2: "cgroup.threads"}
@@ -41,9 +54,6 @@ _GONE = (errno.ENOENT, errno.ENODEV)
 # Errors that mean "netlink cannot serve this host/process", remembered for the Reader's life.
 _NETLINK_DOWN = (errno.ENOENT, errno.EPERM, errno.EACCES, errno.EPROTONOSUPPORT,
                  errno.EAFNOSUPPORT, errno.ESOCKTNOSUPPORT)
-# Counts travel as tuples in CpuLoad's field order:
-# (nr_running, nr_sleeping, nr_uninterruptible, nr_stopped, nr_io_wait)
-_NO_COUNTS = (None,) * 5
 
 
 class _Target:
@@ -53,14 +63,15 @@ class _Target:
     them only between reads; a reader that then finds ``closed`` resolves the path again.
     """
 
-    __slots__ = ("resolved", "dir_fd", "dir_id", "psi_fd", "psi_checked", "psi_denied",
-                 "lock", "closed", "used")
+    __slots__ = ("resolved", "dir_fd", "dir_id", "psi_fd", "psi_path", "psi_checked",
+                 "psi_denied", "lock", "closed", "used")
 
     def __init__(self, resolved):
         self.resolved = resolved
         self.dir_fd = None
         self.dir_id = None  # (st_dev, st_ino) of the directory dir_fd was opened on
         self.psi_fd = None
+        self.psi_path = None  # the cpu.pressure file psi_fd was opened on
         self.psi_checked = None  # monotonic time of the last look for a cpu.pressure file
         self.psi_denied = None  # why cpu.pressure could not be opened, if refused
         self.lock = threading.Lock()
@@ -76,14 +87,289 @@ class _Target:
             self.dir_fd = self.psi_fd = None
 
 
+# ------------------------------------------------------------------------------ backends
+
+
+class _PassOver(CgshimError):
+    """Internal: this backend cannot read this cgroup now; ``why`` goes into the reading's
+    reason and the next backend in the chain is tried. ``error`` is what to raise when no
+    backend is left."""
+
+    def __init__(self, why, error=None):
+        super().__init__(why)
+        self.why = why
+        self.error = error
+
+
+class _NotVisible(CgshimError):
+    """Internal: the cgroup's tids are not visible in this pid namespace."""
+
+
+class _Backend:
+    """One way to count a cgroup's tasks; one instance per Reader.
+
+    ``counts(target)`` (called with ``target.lock`` held) returns a
+    :class:`cgshim.model.TaskCounts`, or None for a reading without counts; raises
+    :class:`_PassOver` to let the next backend try, or a CgshimError (CgroupNotFound) to
+    end the read. ``implementation`` names the code that reads. ``probe()`` is
+    :func:`backends`' look at this host.
+    """
+
+    name = None
+    cgroup_versions = ()
+    implementation = None
+
+    def __init__(self, reader, *, proc_root, timeout, max_fds):
+        self.reader = reader
+
+    def counts(self, target):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+    @classmethod
+    def probe(cls, hier, proc_root):
+        """(available, implementation, reason) of this backend on this host."""
+        raise NotImplementedError
+
+
+class _Netlink(_Backend):
+    name = "netlink"
+    cgroup_versions = (1,)
+
+    def __init__(self, reader, *, proc_root, timeout, max_fds):
+        super().__init__(reader, proc_root=proc_root, timeout=timeout, max_fds=max_fds)
+        self._timeout = timeout
+        self._sock = None
+        self._lock = threading.Lock()
+        self.down = None  # why netlink cannot serve this Reader, remembered
+        self.implementation = _netlink_implementation()[0]
+
+    def close(self):
+        with self._lock:
+            sock, self._sock = self._sock, None
+            self.down = self.down or "this Reader is closed"
+        if sock is not None:
+            sock.close()
+
+    def counts(self, target):
+        if self.down is not None:
+            raise _PassOver(f"netlink unavailable ({self.down})",
+                            Unsupported(f"netlink unavailable: {self.down}"))
+        try:
+            sock = self._socket()
+            if target.dir_fd is None:
+                target.dir_fd = _open_dir(target.resolved.path)
+                st = os.fstat(target.dir_fd)
+                target.dir_id = (st.st_dev, st.st_ino)
+            counts = sock.cgroupstats(target.dir_fd)
+        except NetlinkTimeout as exc:
+            raise _PassOver(f"netlink: {exc}", exc) from exc
+        except FamilyNotFound as exc:
+            self.down = str(exc)
+            raise _PassOver(f"netlink unavailable ({exc})", exc) from exc
+        except NetlinkError as exc:
+            if exc.errno in _GONE:
+                raise CgroupNotFound(f"{target.resolved.path}: cgroup was removed") from exc
+            raise _PassOver(f"netlink: {exc}", exc) from exc
+        except Unsupported as exc:  # no implementation loads
+            self.down = str(exc)
+            raise _PassOver(f"netlink unavailable ({exc})", exc) from exc
+        if not (counts.nr_running or counts.nr_sleeping or counts.nr_uninterruptible
+                or counts.nr_stopped or counts.nr_io_wait):
+            # A held fd of a removed v1 cgroup still answers, with all zeros (seen on 6.18:
+            # cgroupstats_build() finds the dying cgroup through the fd). rmdir needs an
+            # empty cgroup, so only an all-zero answer can come from one: check the path.
+            try:
+                st = os.stat(target.resolved.path)
+            except FileNotFoundError as exc:
+                raise CgroupNotFound(f"{target.resolved.path}: cgroup was removed") from exc
+            if (st.st_dev, st.st_ino) != target.dir_id:
+                raise CgroupNotFound(f"{target.resolved.path}: cgroup was removed (and re-created)")
+        return counts
+
+    def _socket(self):
+        sock = self._sock
+        if sock is not None:
+            return sock
+        with self._lock:
+            if self._sock is None and self.down is None:
+                try:
+                    sock = netlink.open_socket(self._timeout)
+                    sock.family_id  # noqa: B018 -- resolves the family now, once
+                except NetlinkError as exc:
+                    if exc.errno in _NETLINK_DOWN:
+                        self.down = str(exc)
+                    raise
+                except OSError as exc:
+                    self.down = f"netlink socket: {exc}"
+                    raise NetlinkError(exc.errno or errno.EIO, self.down) from exc
+                self.implementation = "native" if isinstance(sock, netlink.TaskstatsSocket) \
+                    else "pyroute2"
+                self._sock = sock
+            if self._sock is None:
+                raise NetlinkError(errno.ENOENT, self.down)
+            return self._sock
+
+    @classmethod
+    def probe(cls, hier, proc_root):
+        implementation, fallback = _netlink_implementation()
+        if implementation is None:
+            return False, None, fallback
+        if hier is not None and not hier.v1:
+            return False, None, ("no cgroup v1 hierarchy on this host: CGROUPSTATS reads "
+                                 "only v1 cgroups (cgroup2 directories answer EINVAL)")
+        try:
+            with netlink.open_socket(1.0) as sock:
+                sock.family_id  # noqa: B018
+        except CgshimError as exc:
+            return False, None, str(exc)
+        return True, implementation, fallback
+
+
+def _netlink_implementation():
+    """(what netlink.open_socket() will use or None, why not the C core or None)."""
+    if _native.netlink is not None:
+        return "native", None
+    why = f"the C core does not load ({_native.load_errors.get('netlink')})"
+    if importlib.util.find_spec("pyroute2") is None:
+        return None, f"{why}, and pyroute2 is not installed (pip install 'cgshim[reference]')"
+    return "pyroute2", f"{why}: pyroute2 reads instead"
+
+
+class _Scan(_Backend):
+    name = "scan"
+    cgroup_versions = (1, 2)
+
+    def __init__(self, reader, *, proc_root, timeout, max_fds):
+        super().__init__(reader, proc_root=proc_root, timeout=timeout, max_fds=max_fds)
+        self.scanner = Scanner(proc_root, max_fds)
+        self.implementation = "native" if self.scanner.native else "python"
+
+    def close(self):
+        self.scanner.close()
+
+    def counts(self, target):
+        try:
+            return self._scan(target)
+        except PermissionDenied as exc:
+            raise _PassOver(f"threads cannot be enumerated: {exc}", exc) from exc
+        except _NotVisible as exc:
+            raise _PassOver(str(exc), PermissionDenied(f"{target.resolved.path}: {exc}")) from exc
+
+    def _scan(self, target):
+        resolved = target.resolved
+        list_file = os.path.join(resolved.path, _LIST_FILE[resolved.version])
+        counts = self.scanner.scan_file(list_file)
+        if counts.nr_listed and counts.nr_listed == counts.nr_vanished:
+            # Either every thread exited in between, or none of the tids is visible in this
+            # pid namespace. Look once more: a live cgroup cannot vanish twice in a row.
+            counts = self.scanner.scan_file(list_file)
+            if counts.nr_listed and counts.nr_listed == counts.nr_vanished:
+                raise _NotVisible(f"none of the {counts.nr_listed} listed threads is visible "
+                                  f"in this pid namespace's /proc")
+        if counts.nr_hidden:
+            # Listed as "0": tasks with no pid in this pid namespace. Counting the rest
+            # would be a silently wrong (partial) number.
+            raise _NotVisible(f"{counts.nr_hidden} of the cgroup's tasks have no pid in this "
+                              f"pid namespace")
+        if counts.nr_denied:
+            raise PermissionDenied(f"{counts.nr_denied} thread stat files of {resolved.path} "
+                                   f"are not readable")
+        return counts
+
+    @classmethod
+    def probe(cls, hier, proc_root):
+        try:
+            Scanner(proc_root, 0).close()
+        except CgshimError as exc:
+            return False, None, str(exc)
+        if _native.procscan is not None:
+            return True, "native", None
+        return True, "python", (f"the C core does not load ({_native.load_errors.get('procscan')}): "
+                                f"pure Python scans instead")
+
+
+class _Psi(_Backend):
+    """No counts: the reading carries only cpu.pressure (read for every backend)."""
+
+    name = "psi"
+    cgroup_versions = (1, 2)
+    implementation = "python"
+
+    def counts(self, target):
+        return None
+
+    @classmethod
+    def probe(cls, hier, proc_root):
+        if hier is not None and hier.v2 is None:
+            return False, None, "no cgroup2 mount: cpu.pressure exists only in cgroup2"
+        path = os.path.join(proc_root, "pressure", "cpu")
+        try:
+            pressure = psi.read_pressure(path)
+        except CgshimError as exc:
+            return False, None, str(exc)
+        if pressure is None:
+            return False, None, (f"{path}: PSI is off (psi=0 at boot, "
+                                 f"CONFIG_PSI_DEFAULT_DISABLED) or the kernel has no CONFIG_PSI")
+        return True, "python", None
+
+
+#: Every backend by name, in the default chain's order. Adding a backend: one class above,
+#: one entry here.
+BACKENDS = {"netlink": _Netlink, "scan": _Scan, "psi": _Psi}
+
+
+def backends(*, mountinfo="/proc/self/mountinfo", proc_root="/proc"):
+    """Which backends this host offers: ``{name: BackendStatus}`` in the default chain's order.
+
+    ``available`` says whether the backend can read cgroups here, ``reason`` why not (or,
+    when available, why its preferred implementation is not used), ``implementation`` what
+    would read ("native", "python", "pyroute2"). As zstandard.backend, but per backend.
+    """
+    try:
+        hier = _load_hierarchy(mountinfo)
+    except CgshimError:
+        hier = None  # each probe then says what it can without the mount table
+    return {name: BackendStatus(name, *cls.probe(hier, proc_root),
+                                cgroup_versions=cls.cgroup_versions)
+            for name, cls in BACKENDS.items()}
+
+
+def _chosen(backends, netlink):
+    """The Reader's backend names, checked; ``netlink=False`` drops netlink (deprecated)."""
+    if netlink is not None:
+        warnings.warn("Reader(netlink=...) is deprecated: pass backends=(...) instead",
+                      DeprecationWarning, stacklevel=3)
+    if backends is None:
+        backends = tuple(BACKENDS)
+        if netlink is False:
+            backends = tuple(b for b in backends if b != "netlink")
+    elif isinstance(backends, str):
+        raise TypeError(f"backends must be a sequence of names, not one string: ({backends!r},)")
+    backends = tuple(backends)
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends or len(set(backends)) != len(backends):
+        raise ValueError(f"backends must be distinct names out of {', '.join(BACKENDS)}; "
+                         f"got {backends!r}")
+    return backends
+
+
+# -------------------------------------------------------------------------------- Reader
+
+
 class Reader:
     """A long-lived, thread-safe reader of cgroup CPU load (see the module docstring).
 
-    - ``netlink=False`` never uses CGROUPSTATS: counts on v1 then come from the scan too,
-      with the /proc meaning of every state (see :class:`cgshim.CpuLoad`).
+    - ``backends`` is the ordered chain of backend names to try (default: all of
+      :data:`BACKENDS`, i.e. netlink -> scan -> psi on v1, scan -> psi on v2). For example
+      ``backends=("scan",)`` reads v1 cgroups by scan too, with the /proc meaning of every
+      state (see :class:`cgshim.CpuLoad`), and raises where the scan cannot read.
+      ``netlink=False`` is the deprecated spelling of leaving netlink out.
     - ``pressure=False`` skips cpu.pressure (``CpuLoad.pressure`` is None).
     - ``proc_root`` and ``mountinfo`` name the /proc to read (e.g. a host's /proc
-      mounted into a container).
+      mounted into a container, or a fixture tree in tests).
     - ``timeout`` bounds each netlink request, in seconds.
     - ``max_cgroups`` bounds the resolved cgroups kept with their open fds (up to two
       each; those not read lately are closed first), and is capped to 1/8 of the soft
@@ -94,19 +380,26 @@ class Reader:
     #: how long a cgroup without a cpu.pressure file waits before looking again, seconds
     PRESSURE_RECHECK = 5.0
 
-    def __init__(self, *, netlink=True, pressure=True, proc_root="/proc",
+    def __init__(self, *, backends=None, netlink=None, pressure=True, proc_root="/proc",
                  mountinfo="/proc/self/mountinfo", timeout=1.0, max_cgroups=1024, max_fds=4096):
+        self.backends = _chosen(backends, netlink)
         self.hierarchy = _load_hierarchy(mountinfo)
-        self._use_netlink = netlink
         self._use_pressure = pressure
-        self._timeout = timeout
         self._max_cgroups = _effective_max_cgroups(max_cgroups)
         self._lock = threading.Lock()
         self._targets = collections.OrderedDict()  # path as given -> _Target
-        self._sock = None
-        self._netlink_down = None if netlink else "netlink disabled by the caller"
-        self._scanner = Scanner(proc_root, max_fds)
         self._closed = False
+        self._backends = {}
+        try:
+            for name in self.backends:
+                self._backends[name] = BACKENDS[name](self, proc_root=proc_root,
+                                                      timeout=timeout, max_fds=max_fds)
+        except BaseException:
+            self.close()
+            raise
+        # The chain per cgroup version, fixed for the Reader's life.
+        self._chains = {v: tuple(b for b in self._backends.values() if v in b.cgroup_versions)
+                        for v in (1, 2)}
 
     # -- lifecycle -------------------------------------------------------------------
     def close(self):
@@ -115,12 +408,10 @@ class Reader:
             self._closed = True
             targets = list(self._targets.values())
             self._targets.clear()
-            sock, self._sock = self._sock, None
         for target in targets:  # outside the Reader lock: close() waits for readers
             target.close()
-        if sock is not None:
-            sock.close()
-        self._scanner.close()
+        for backend in self._backends.values():
+            backend.close()
 
     def __enter__(self):
         return self
@@ -131,7 +422,15 @@ class Reader:
     @property
     def netlink_unavailable(self):
         """Why netlink is not used by this Reader, or None while it is."""
-        return self._netlink_down
+        backend = self._backends.get("netlink")
+        if backend is None:
+            return "netlink is not among this Reader's backends"
+        return backend.down
+
+    @property
+    def implementations(self):
+        """``{backend name: implementation}`` of this Reader's backends, in chain order."""
+        return {name: b.implementation for name, b in self._backends.items()}
 
     # -- the public read ------------------------------------------------------------
     def cpu_load(self, path, *, recursive=False):
@@ -165,20 +464,24 @@ class Reader:
 
     def _read(self, target, recursive):
         """One reading of target, whose lock the caller holds."""
-        counts, source, reason = self._counts(target)
+        counts, backend, reason = self._counts(target)
         if recursive and counts is not None:
-            counts, reason = self._add_descendants(target, counts, source, reason)
+            counts, reason = self._add_descendants(target, counts, backend, reason)
         pressure = self._pressure(target) if self._use_pressure else None
+        resolved = target.resolved
         if counts is None:
             if pressure is None:
                 # Nothing readable: an error, not an empty reading.
                 if target.psi_denied:
                     reason = f"{reason}; {target.psi_denied}"
-                raise PermissionDenied(f"{target.resolved.path}: nothing readable: {reason}")
-            counts = _NO_COUNTS
-        resolved = target.resolved
-        return CpuLoad(resolved.path, resolved.version, source, *counts,
-                       pressure, time.monotonic(), reason)
+                raise PermissionDenied(f"{resolved.path}: nothing readable: "
+                                       f"{reason or 'no cpu.pressure for this cgroup'}")
+            return CpuLoad(resolved.path, resolved.version, backend.name, None, None, None,
+                           None, None, pressure, time.monotonic(), reason, backend.implementation)
+        return CpuLoad(resolved.path, resolved.version, backend.name, counts.nr_running,
+                       counts.nr_sleeping, counts.nr_uninterruptible, counts.nr_stopped,
+                       counts.nr_io_wait, pressure, time.monotonic(), reason,
+                       backend.implementation)
 
     # -- resolution cache ---------------------------------------------------------------
     def _target(self, path):
@@ -216,101 +519,30 @@ class Reader:
         if target is not None:
             target.close()
 
-    # -- backends -------------------------------------------------------------------------
+    # -- the backend chain ----------------------------------------------------------------
     def _counts(self, target):
-        """Return (counts tuple or None, source, reason): the backend chain."""
-        reason = None
-        if target.resolved.version == 1:
-            if self._netlink_down is None:
-                try:
-                    return self._netlink_counts(target), "netlink", None
-                except NetlinkTimeout as exc:
-                    reason = f"netlink: {exc}; counted by scan instead"
-                except FamilyNotFound as exc:
-                    self._netlink_down = str(exc)
-                    reason = f"netlink unavailable ({exc})"
-                except NetlinkError as exc:
-                    if exc.errno in _GONE:
-                        raise CgroupNotFound(f"{target.resolved.path}: cgroup was removed") from exc
-                    reason = f"netlink: {exc}; counted by scan instead"
-            else:
-                reason = f"netlink unavailable ({self._netlink_down})"
-        try:
-            return self._scan_counts(target), "scan", reason
-        except PermissionDenied as exc:
-            why = f"threads cannot be enumerated: {exc}"
-        except _NotVisible as exc:
-            why = str(exc)
-        return None, "psi", why if reason is None else f"{reason}; {why}"
-
-    def _netlink_counts(self, target):
-        sock = self._socket()
-        if target.dir_fd is None:
-            target.dir_fd = _open_dir(target.resolved.path)
-            st = os.fstat(target.dir_fd)
-            target.dir_id = (st.st_dev, st.st_ino)
-        c = sock.cgroupstats(target.dir_fd)
-        counts = (c.nr_running, c.nr_sleeping, c.nr_uninterruptible, c.nr_stopped, c.nr_io_wait)
-        if not any(counts):
-            # A held fd of a removed v1 cgroup still answers, with all zeros (seen on 6.18:
-            # cgroupstats_build() finds the dying cgroup through the fd). rmdir needs an
-            # empty cgroup, so only an all-zero answer can come from one: check the path.
+        """Return (TaskCounts or None, backend, reason): the first backend that answers."""
+        if self._closed:
+            raise CgshimError("this Reader is closed")
+        reason = passed = None
+        for backend in self._chains[target.resolved.version]:
             try:
-                st = os.stat(target.resolved.path)
-            except FileNotFoundError as exc:
-                raise CgroupNotFound(f"{target.resolved.path}: cgroup was removed") from exc
-            if (st.st_dev, st.st_ino) != target.dir_id:
-                raise CgroupNotFound(f"{target.resolved.path}: cgroup was removed (and re-created)")
-        return counts
+                return backend.counts(target), backend, reason
+            except _PassOver as exc:
+                reason = exc.why if reason is None else f"{reason}; {exc.why}"
+                passed = exc
+        if passed is None:
+            raise Unsupported(f"{target.resolved.path}: none of this Reader's backends "
+                              f"({', '.join(self.backends)}) reads cgroup "
+                              f"v{target.resolved.version} cgroups")
+        error = passed.error
+        if error is None:
+            error = PermissionDenied(f"{target.resolved.path}: {reason}")
+        raise error from passed
 
-    def _socket(self):
-        sock = self._sock
-        if sock is not None:
-            return sock
-        with self._lock:
-            if self._closed:
-                raise CgshimError("this Reader is closed")
-            if self._sock is None and self._netlink_down is None:
-                try:
-                    sock = netlink.open_socket(self._timeout)
-                    sock.family_id  # noqa: B018 -- resolves the family now, once
-                except NetlinkError as exc:
-                    if exc.errno in _NETLINK_DOWN:
-                        self._netlink_down = str(exc)
-                    raise
-                except OSError as exc:
-                    self._netlink_down = f"netlink socket: {exc}"
-                    raise NetlinkError(exc.errno or errno.EIO, self._netlink_down) from exc
-                self._sock = sock
-            if self._sock is None:
-                raise NetlinkError(errno.ENOENT, self._netlink_down)
-            return self._sock
-
-    def _scan_counts(self, target):
-        resolved = target.resolved
-        counts = self._scanner.scan_file(os.path.join(resolved.path, _LIST_FILE[resolved.version]))
-        if counts.nr_listed and counts.nr_listed == counts.nr_vanished:
-            # Either every thread exited in between, or none of the tids is visible in this
-            # pid namespace. Look once more: a live cgroup cannot vanish twice in a row.
-            counts = self._scanner.scan_file(os.path.join(resolved.path, _LIST_FILE[resolved.version]))
-            if counts.nr_listed and counts.nr_listed == counts.nr_vanished:
-                raise _NotVisible(f"none of the {counts.nr_listed} listed threads is visible "
-                                  f"in this pid namespace's /proc")
-        if counts.nr_hidden:
-            # Listed as "0": tasks with no pid in this pid namespace. Counting the rest
-            # would be a silently wrong (partial) number.
-            raise _NotVisible(f"{counts.nr_hidden} of the cgroup's tasks have no pid in this "
-                              f"pid namespace")
-        if counts.nr_denied:
-            raise PermissionDenied(f"{counts.nr_denied} thread stat files of {resolved.path} "
-                                   f"are not readable")
-        return (counts.nr_running, counts.nr_sleeping, counts.nr_uninterruptible,
-                counts.nr_stopped, None)
-
-    def _add_descendants(self, target, counts, source, reason):
+    def _add_descendants(self, target, counts, backend, reason):
         if target.resolved.version == 2 and cgroupfs.nr_descendants(target.resolved.path) == 0:
             return counts, reason
-        total = list(counts)
         for child in cgroupfs.walk(target.resolved.path):
             # Locks are taken top-down (a cgroup before its descendants): no cycle.
             child_target = self._target(child)
@@ -318,7 +550,7 @@ class Reader:
                 gone = child_target.closed
                 if not gone:
                     try:
-                        part, child_source, child_reason = self._counts(child_target)
+                        part, child_backend, child_reason = self._counts(child_target)
                     except CgroupNotFound:
                         gone = True
             if gone:
@@ -326,10 +558,10 @@ class Reader:
                 continue  # removed while we walked
             if part is None:
                 raise PermissionDenied(f"{child}: {child_reason}")
-            if child_source != source and reason is None:
+            if child_backend is not backend and reason is None:
                 reason = f"{child}: {child_reason}"
-            total = [None if a is None or b is None else a + b for a, b in zip(total, part)]
-        return tuple(total), reason
+            counts = counts.plus(part)
+        return counts, reason
 
     def _pressure(self, target):
         for _ in range(2):  # a held fd of a removed cgroup's file: reopen by path, once
@@ -340,12 +572,13 @@ class Reader:
             except OSError as exc:
                 fd, target.psi_fd, target.psi_checked = target.psi_fd, None, None
                 os.close(fd)
-                if exc.errno in _GONE:
+                error = translate(exc, target.psi_path, cgroup=os.path.dirname(target.psi_path))
+                if isinstance(error, CgroupNotFound):
                     continue
-                if exc.errno == errno.EOPNOTSUPP:
-                    return None  # PSI switched off
-                raise PermissionDenied(f"cpu.pressure of {target.resolved.path}: {exc}") from exc
-            return psi.parse_pressure(data.decode("ascii", "replace"))
+                if isinstance(error, Unsupported):
+                    return None  # PSI switched off (EOPNOTSUPP)
+                raise error from exc
+            return psi.decode_pressure(data, target.psi_path)
         return None
 
     def _open_pressure(self, target):
@@ -361,42 +594,28 @@ class Reader:
         file = os.path.join(v2_dir, "cpu.pressure")
         try:
             target.psi_fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
         except OSError as exc:
-            if exc.errno == errno.ENODEV:  # the cgroup is being removed: ENODEV at open()
+            error = translate(exc, file, cgroup=v2_dir, optional=True)
+            if isinstance(error, Unsupported):
+                return False  # no cpu.pressure in this live cgroup (PSI hidden or absent)
+            if isinstance(error, CgroupNotFound):
                 if resolved.version == 1:
                     return False  # only the v1 cgroup's v2 twin is going
-                raise CgroupNotFound(f"{resolved.path}: cgroup was removed") from exc
-            if not isinstance(exc, PermissionError):
-                raise _os_error(exc, file) from exc
+                raise error from exc
+            if not isinstance(error, PermissionDenied):
+                raise error from exc
             target.psi_denied = f"{file}: {exc.strerror}"
             return False
+        target.psi_path = file
         target.psi_denied = None
         return True
-
-
-class _NotVisible(CgshimError):
-    """Internal: the cgroup's tids are not visible in this pid namespace."""
 
 
 def _open_dir(path):
     try:
         return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise CgroupNotFound(f"{path}: no such cgroup") from exc
     except OSError as exc:
-        raise _os_error(exc, path) from exc
-
-
-def _os_error(exc, path):
-    """A typed error for an unexpected OSError on ``path``."""
-    if isinstance(exc, PermissionError):
-        return PermissionDenied(f"{path}: {exc.strerror}")
-    if exc.errno in (errno.EMFILE, errno.ENFILE):
-        return CgshimError(f"{path}: out of file descriptors (errno {errno.errorcode[exc.errno]}); "
-                           f"raise RLIMIT_NOFILE or lower Reader(max_cgroups=..., max_fds=...)")
-    return CgshimError(f"{path}: {exc}")
+        raise translate(exc, path, cgroup=path) from exc
 
 
 def _effective_max_cgroups(max_cgroups):

@@ -78,7 +78,7 @@ def test_unreadable_thread_list_falls_back_to_psi(testbed, version):
     _chmod0(os.path.join(cg, "tasks" if version == 1 else "cgroup.threads"))
     got = run_child(
         "_drop_to_nobody()\n"
-        f"print(json.dumps(attempt(cgshim.Reader(netlink=False).cpu_load, {cg!r})))\n")
+        f"print(json.dumps(attempt(cgshim.Reader(backends=('scan', 'psi')).cpu_load, {cg!r})))\n")
     load = got["ok"]
     assert load["source"] == "psi" and load["pressure"]
     assert all(load[k] is None for k in COUNTS + ("nr_io_wait",))
@@ -131,7 +131,7 @@ def test_proc_hidden_from_nobody(testbed, hidepid, why):
     testbed.spawn(busy=True, pipe=2, cgroups=(v1, v2))
     code = (
         "_drop_to_nobody()\n"
-        "r = cgshim.Reader(netlink=False, proc_root=os.environ['PROC_ROOT'])\n"
+        "r = cgshim.Reader(backends=('scan', 'psi'), proc_root=os.environ['PROC_ROOT'])\n"
         f"print(json.dumps([attempt(r.cpu_load, {v2!r}), attempt(r.cpu_load, {v1!r})]))\n")
     for got in _run_with_private_proc(code, hidepid):
         load = got["ok"]

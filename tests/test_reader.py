@@ -80,12 +80,25 @@ def test_sleeper_semantics_per_backend(reader, twin):
 
 
 def test_v1_without_netlink_counts_by_scan(twin):
+    """backends=("scan",) reads v1 by scan: a choice, not a fallback, so no reason."""
     v1, v2, workers = twin
-    with cgshim.Reader(netlink=False) as r:
+    with cgshim.Reader(backends=("scan",)) as r:
         a, b = r.cpu_load(v1), r.cpu_load(v2)
-    assert a.source == "scan" and a.cgroup_version == 1
-    assert "disabled" in a.reason
+        assert r.netlink_unavailable == "netlink is not among this Reader's backends"
+    assert (a.source, a.cgroup_version, a.reason, a.nr_io_wait) == ("scan", 1, None, None)
+    assert a.implementation == b.implementation == "native"
     assert counts(a) == counts(b) == expected_proc_classes(*workers)
+
+
+def test_deprecated_netlink_false_still_leaves_netlink_out(twin):
+    v1, _, workers = twin
+    with pytest.warns(DeprecationWarning, match="backends="):
+        r = cgshim.Reader(netlink=False)
+    with r:
+        assert r.backends == ("scan", "psi")
+        a = r.cpu_load(v1)
+    assert (a.source, a.reason) == ("scan", None)
+    assert counts(a) == expected_proc_classes(*workers)
 
 
 def test_cgroup_relative_name_resolves_to_v1_cpu_on_hybrid(reader, testbed):

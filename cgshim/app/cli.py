@@ -19,7 +19,9 @@ JSON (``--json``), stable keys:
 - probe: ``kernel`` {release, version, machine}; ``cgroup`` {ok, mode, mounts: [{version,
   mount_point, root, controllers}], error}; ``taskstats_family`` {ok, id, errno, error};
   ``taskstats_pid`` {ok, pid, version, payload_size, errno, error}; ``psi`` {ok, path, cpu:
-  PRESSURE|null, error}; ``own_cgroup``: [{hierarchy ("cpu" | "cgroup2"), cgroup (the name in
+  PRESSURE|null, error}; ``backends``: [{name, available, implementation ("native" |
+  "python" | "pyroute2" | null), reason (why not, or why not the C core), cgroup_versions}]
+  in the Reader's default chain order; ``own_cgroup``: [{hierarchy ("cpu" | "cgroup2"), cgroup (the name in
   /proc/self/cgroup), directory, ok, load: LOAD|null, error}]; ``readings`` (how many
   own_cgroup entries produced a reading). Every check has ``ok`` and ``error`` (null when ok).
 - load: ``readings``: [{path (as given), ok, load: LOAD|null, error, error_type}].
@@ -28,7 +30,8 @@ JSON (``--json``), stable keys:
 - top --json: one object per refresh and line: {time, interval, sort, cgroups: [{name,
   path, running, sleeping, d, load, psi, source, reason}], errors}.
 
-LOAD is {path, cgroup_version, source ("netlink" | "scan" | "psi"), reason, nr_running,
+LOAD is {path, cgroup_version, source ("netlink" | "scan" | "psi"), implementation
+("native" | "python" | "pyroute2"), reason, nr_running,
 nr_sleeping, nr_uninterruptible, nr_stopped, nr_io_wait, pressure: PRESSURE|null,
 timestamp (CLOCK_MONOTONIC seconds)}; PRESSURE is {some: LINE, full: LINE|null}, LINE
 {avg10, avg60, avg300 (percent), total_usec}. Counts are null where the backend cannot
@@ -187,6 +190,13 @@ def probe() -> dict:
         result["psi"] = {"ok": False, "path": psi_path, "cpu": None,
                          "error": _error_fields(exc)["error"]}
 
+    try:
+        from cgshim.reader import backends
+
+        result["backends"] = [attrs.asdict(b) for b in backends().values()]
+    except Exception as exc:  # noqa: BLE001
+        result["backends"] = [{"name": None, "available": False, "implementation": None,
+                               "reason": _error_fields(exc)["error"], "cgroup_versions": []}]
     result["own_cgroup"] = _probe_own(hier, load_dict)
     result["readings"] = sum(1 for e in result["own_cgroup"] if e["ok"])
     return result
@@ -281,6 +291,13 @@ def print_probe(r, out):
         w(f"PSI:               available; {psi['path']}: {_fmt_pressure(psi['cpu'])}\n")
     else:
         w(f"PSI:               unavailable: {psi['error']}\n")
+    w("backends:\n")
+    for b in r["backends"]:
+        state = f"available, {b['implementation']}" if b["available"] else "unavailable"
+        versions = "/".join(f"v{v}" for v in b["cgroup_versions"])
+        w(f"  {b['name'] or '?':<8} {state:<20} ({versions})\n")
+        if b["reason"]:
+            w(f"    why: {b['reason']}\n")
     w("own cgroup:\n")
     for e in r["own_cgroup"]:
         head = f"  {e['hierarchy'] or '?'} {e['cgroup'] or ''}"
@@ -288,7 +305,8 @@ def print_probe(r, out):
             head += f" ({e['directory']})"
         if e["ok"]:
             load = e["load"]
-            w(f"{head}\n    backend {load['source']}: {_fmt_counts(load)}\n")
+            w(f"{head}\n    backend {load['source']} ({load['implementation']}): "
+              f"{_fmt_counts(load)}\n")
             w(f"    why: {load['reason'] or _default_reason(load)}\n")
             w(f"    pressure: {_fmt_pressure(load['pressure'])}\n")
         else:

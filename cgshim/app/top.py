@@ -93,6 +93,7 @@ def load_dict(load) -> dict:
         "path": load.path,
         "cgroup_version": load.cgroup_version,
         "source": load.source,
+        "implementation": load.implementation,
         "reason": load.reason,
         "nr_running": load.nr_running,
         "nr_sleeping": load.nr_sleeping,
