@@ -172,7 +172,8 @@ def check_kinds(obj, schema):
 
 
 OPT_STR, OPT_INT = (str, type(None)), (int, type(None))
-LOAD_SCHEMA = {"path": str, "cgroup_version": int, "source": str, "reason": OPT_STR,
+LOAD_SCHEMA = {"path": str, "cgroup_version": int, "source": str, "implementation": str,
+               "reason": OPT_STR,
                "nr_running": OPT_INT, "nr_sleeping": OPT_INT, "nr_uninterruptible": OPT_INT,
                "nr_stopped": OPT_INT, "nr_io_wait": OPT_INT, "pressure": (dict, type(None)),
                "timestamp": float}
@@ -185,7 +186,7 @@ def test_probe_json_schema_and_facts():
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     assert set(r) == {"kernel", "cgroup", "taskstats_family", "taskstats_pid", "psi",
-                      "own_cgroup", "readings"}
+                      "backends", "own_cgroup", "readings"}
     check_kinds(r["kernel"], {"release": str, "version": str, "machine": str})
     assert r["kernel"]["release"] == os.uname().release
 
@@ -212,6 +213,15 @@ def test_probe_json_schema_and_facts():
     assert set(psi["cpu"]["some"]) == {"avg10", "avg60", "avg300", "total_usec"}
     assert psi["cpu"]["some"]["total_usec"] > 0
 
+    # This host (hybrid, C core built) offers every backend, each by its native code.
+    assert [b["name"] for b in r["backends"]] == ["netlink", "scan", "psi"]
+    for b in r["backends"]:
+        check_kinds(b, {"name": str, "available": bool, "implementation": str,
+                        "reason": type(None), "cgroup_versions": list})
+        assert b["available"]
+    assert {b["name"]: b["implementation"] for b in r["backends"]} == \
+        {"netlink": "native", "scan": "native", "psi": "python"}
+
     # The probe runs in this process's cgroups (a child inherits them).
     mine = own_cgroups()
     entries = {e["hierarchy"]: e for e in r["own_cgroup"]}
@@ -225,6 +235,7 @@ def test_probe_json_schema_and_facts():
         load = e["load"]
         check_kinds(load, LOAD_SCHEMA)
         assert (load["source"], load["cgroup_version"]) == (source, version)
+        assert load["implementation"] == "native"
         assert load["path"] == os.path.realpath(e["directory"])
         # the probe's own main thread was running while it read
         assert load["nr_running"] >= 1
@@ -238,7 +249,10 @@ def test_probe_text_names_each_check():
     out = proc.stdout
     assert f"TASKSTATS family:  answers, id {raw_taskstats_family_id()}" in out
     assert "cgroup mode:       hybrid" in out
-    assert "backend netlink:" in out and "backend scan:" in out
+    assert "backend netlink (native):" in out and "backend scan (native):" in out
+    for line in ("netlink  available, native", "scan     available, native",
+                 "psi      available, python"):
+        assert f"\n  {line}" in out
     assert "load readings:     2" in out
 
 

@@ -547,3 +547,4 @@ def test_probe_reports_why_netlink_is_unavailable():
     family = [line for line in proc.stdout.splitlines() if line.startswith("TASKSTATS family")]
     assert family and "EPERM" in family[0], proc.stdout
     assert "backend scan" in proc.stdout and "backend netlink" not in proc.stdout
+    assert "\n  netlink  unavailable " in proc.stdout and "EPERM" in proc.stdout
