@@ -183,8 +183,8 @@ class _Netlink(_Backend):
             # empty cgroup, so only an all-zero answer can come from one: check the path.
             try:
                 st = os.stat(target.resolved.path)
-            except FileNotFoundError as exc:
-                raise CgroupNotFound(f"{target.resolved.path}: cgroup was removed") from exc
+            except OSError as exc:  # ENOENT/ENODEV: CgroupNotFound
+                raise translate(exc, target.resolved.path, cgroup=target.resolved.path) from exc
             if (st.st_dev, st.st_ino) != target.dir_id:
                 raise CgroupNotFound(f"{target.resolved.path}: cgroup was removed (and re-created)")
         return counts

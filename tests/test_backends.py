@@ -174,8 +174,18 @@ def test_recursive_sums_the_descendants(host):
     assert counts(load) == (1, 1, 1, 1, None) and counts(own) == (1, 0, 0, 0, None)
 
 
-def test_recursive_netlink_and_scan_io_wait_is_none(host):
+def test_one_count_type_and_io_wait_none_where_unseen(host):
+    """A scan result is a TaskCounts; io_wait is None wherever /proc is the source, and
+    a sum with such a count is None too (a pod of netlink and scan children)."""
+    from cgshim.kernel.threadstat import ScanCounts, Scanner
+
+    with Scanner(host.proc) as scanner:
+        got = scanner.scan_bytes(b"101\n102\n")
+    assert isinstance(got, TaskCounts) and got.nr_io_wait is None
+    assert got.task_counts() == TaskCounts(1, 1, 0, 0, None)
+    assert got == ScanCounts(nr_running=1, nr_sleeping=1, nr_listed=2)
     assert TaskCounts(1, 2, 3, 4, 5).plus(TaskCounts(1, 1, 1, 1, None)) == TaskCounts(2, 3, 4, 5, None)
+    assert TaskCounts(1, 2, 3, 4, 5).plus(TaskCounts(1, 1, 1, 1, 1)) == TaskCounts(2, 3, 4, 5, 6)
 
 
 # -- which error ------------------------------------------------------------------------------

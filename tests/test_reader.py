@@ -90,6 +90,32 @@ def test_v1_without_netlink_counts_by_scan(twin):
     assert counts(a) == counts(b) == expected_proc_classes(*workers)
 
 
+def test_without_the_c_core_readings_say_pyroute2_and_python(twin):
+    """The C core made unloadable in a child: v1 is still read by netlink, through pyroute2,
+    v2 by the pure-Python scan, and each reading says which, with the same counts."""
+    import subprocess
+    import sys
+
+    v1, v2, workers = twin
+    code = ("import json, sys\n"
+            "sys.modules['cgshim._native._netlink'] = None\n"
+            "sys.modules['cgshim._native._procscan'] = None\n"
+            "import cgshim\n"
+            "with cgshim.Reader() as r:\n"
+            "    out = [[l.source, l.implementation, l.reason, l.nr_running, l.nr_sleeping,\n"
+            "            l.nr_uninterruptible, l.nr_stopped] for l in map(r.cpu_load, sys.argv[1:])]\n"
+            "print(json.dumps(out))\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code, v1, v2], cwd=repo, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    a, b = json.loads(proc.stdout)
+    with cgshim.Reader() as r:
+        want_a, want_b = counts(r.cpu_load(v1)), counts(r.cpu_load(v2))
+    assert a[:3] == ["netlink", "pyroute2", None] and b[:3] == ["scan", "python", None]
+    assert dict(zip(want_a, a[3:])) == want_a and dict(zip(want_b, b[3:])) == want_b
+
+
 def test_deprecated_netlink_false_still_leaves_netlink_out(twin):
     v1, _, workers = twin
     with pytest.warns(DeprecationWarning, match="backends="):
