@@ -450,3 +450,17 @@ def test_serve_address_in_use_fails_cleanly():
         proc = cli("serve", "--listen", f"127.0.0.1:{port}", "--root", "/")
     assert_clean_failure(proc, 1)
     assert str(port) in proc.stderr
+
+
+def test_version_from_one_place():
+    """`python -m cgshim --version` prints cgshim.__version__, which is also the installed
+    distribution's version (pyproject.toml reads it from cgshim/__init__.py)."""
+    from importlib.metadata import version
+
+    import cgshim
+
+    out = subprocess.run([sys.executable, "-m", "cgshim", "--version"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"cgshim {cgshim.__version__}\n"
+    assert version("cgshim") == cgshim.__version__

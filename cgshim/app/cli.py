@@ -463,6 +463,9 @@ def build_parser():
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", dest="probe_json",
                    help="probe output as JSON")
+    from cgshim import __version__
+
+    p.add_argument("--version", action="version", version=f"cgshim {__version__}")
     p.set_defaults(handler=cmd_probe, json=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
