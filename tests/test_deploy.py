@@ -42,8 +42,10 @@ def container(pod):
 
 
 def versions():
-    """The pinned version and the newest one the installed kubernetes-validate ships."""
-    return sorted({PINNED, str(kv.latest_version())})
+    """Every Kubernetes minor users run (1.30-1.35) and the newest one the installed
+    kubernetes-validate ships."""
+    return sorted({f"1.{minor}.0" for minor in range(30, 36)} | {str(kv.latest_version())},
+                  key=lambda v: tuple(map(int, v.split("."))))
 
 
 @pytest.mark.parametrize("version", versions())
@@ -95,11 +97,16 @@ def test_runs_unprivileged_without_capabilities(pod, container):
     assert psc["seccompProfile"]["type"] == "RuntimeDefault"
 
 
-def test_resources_and_image_placeholder(container):
+def test_resources_and_image(container):
     res = container["resources"]
     for kind in ("requests", "limits"):
         assert set(res[kind]) == {"cpu", "memory"}, kind
-    assert "PLACEHOLDER" in container["image"]
+    # The image deploy/build-image.sh tags from this checkout's version (cgshim.__version__).
+    from cgshim import __version__
+
+    assert container["image"] == f"localhost/cgshim:{__version__}"
+    with open(os.path.join(DEPLOY, "build-image.sh")) as f:
+        assert "tag=${tag:-localhost/cgshim:$version}" in f.read()
 
 
 def test_command_is_the_exporter_on_the_probed_port(pod, container):
