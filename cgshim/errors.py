@@ -145,3 +145,9 @@ def translate(err, path, *, cgroup=None, optional=False, hint=None):
     error.errno = number
     error.path = path
     return error
+
+
+class RuntimeUnavailable(CgshimError):
+    """The container runtime did not answer a CRI call: no socket at the endpoint, refused,
+    timed out, or an answer that is not CRI runtime.v1. Series then carry only what the
+    cgroup path tells."""
