@@ -74,6 +74,7 @@ READ_ONLY_CALLS = {
     "PodSandboxStatus": ("PodSandboxStatusRequest", "PodSandboxStatusResponse"),
 }
 _K8S_EXTRA = "pip install 'cgshim[k8s]'"
+_MISS_TRIES = 6  # refreshes for an id that is asked for and not listed (1+2+...+32 s)
 
 
 def _need(module):
@@ -257,10 +258,13 @@ class IdentityCache:
     :meth:`container` and :meth:`pod` answer from memory and never block on the runtime; a
     miss wakes the thread. The thread refreshes at a miss (at most every ``min_refresh``
     seconds) and every ``resync`` seconds: ListPodSandbox, ListContainers, then
-    ContainerStatus for each container not seen before (for its image). Entries of sandboxes
-    and containers the runtime no longer lists are dropped at each successful refresh; after
-    a failed one everything is kept, marked stale by :meth:`status`. ``generation`` changes
-    whenever an answer would change, so callers can cache labels until it does.
+    ContainerStatus for each container and PodSandboxStatus for each sandbox not seen before
+    (for their images). Entries the runtime no longer lists are dropped at each successful
+    refresh. After one failed refresh the answers are kept (:meth:`status` says why); after a
+    second failure in a row they are dropped, so series fall back to path-only labels rather
+    than keep names that may no longer hold; refreshes are retried every 5 s until the runtime
+    answers again. ``generation`` changes whenever an answer would change, so callers can
+    cache labels until it does.
 
     ``client``: a :class:`RuntimeClient` (by default one for ``endpoint`` with ``timeout``).
     Use as a context manager or :meth:`start` / :meth:`stop`; :meth:`refresh` runs one refresh
@@ -284,6 +288,8 @@ class IdentityCache:
         self._last_try = None
         self._refreshes = 0
         self._failures = 0
+        self._failed_in_a_row = 0
+        self._missed = {}  # id or uid asked for and not known -> refreshes since
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = None
@@ -296,18 +302,18 @@ class IdentityCache:
 
     def container(self, container_id):
         """Identity of a container or sandbox id, or None (and a refresh is asked for)."""
-        with self._lock:
-            found = self._containers.get(container_id)
-        if found is None:
-            self._wake.set()
-        return found
+        return self._lookup(self._containers, container_id)
 
     def pod(self, pod_uid):
         """Identity of a pod cgroup (namespace, pod, pod_uid), or None (a refresh is asked)."""
+        return self._lookup(self._pods, pod_uid)
+
+    def _lookup(self, table, key):
         with self._lock:
-            found = self._pods.get(pod_uid)
-        if found is None:
-            self._wake.set()
+            found = table.get(key)
+            if found is None and key not in self._missed:
+                self._missed[key] = 0
+                self._wake.set()
         return found
 
     def status(self):
@@ -343,7 +349,13 @@ class IdentityCache:
             with self._lock:
                 self._ok, self._error = False, str(exc)
                 self._failures += 1
+                self._failed_in_a_row += 1
                 self._runtime = None  # ask Version again: it may be another runtime now
+                if self._failed_in_a_row >= 2 and (self._containers or self._pods):
+                    # The runtime is gone, not just slow once: what it said may no longer
+                    # hold (pods removed meanwhile), so name nothing rather than misname.
+                    self._containers, self._pods = {}, {}
+                    self._generation += 1
             return False
         pods, by_id = {}, {}
         sandbox_of = {}
@@ -369,9 +381,15 @@ class IdentityCache:
         with self._lock:
             if by_id != self._containers or pods != self._pods:
                 self._generation += 1
+            # A cgroup can appear before the runtime lists its container or sandbox (runc
+            # makes it while RunPodSandbox/StartContainer is still running): look again a few
+            # times, backing off; a cgroup no runtime knows is then left alone.
+            self._missed = {k: n + 1 for k, n in self._missed.items()
+                            if k not in by_id and k not in pods and n + 1 < _MISS_TRIES}
             self._containers, self._pods = by_id, pods
             self._images = {k: v for k, v in images.items() if v}
             self._ok, self._error, self._runtime = True, None, runtime
+            self._failed_in_a_row = 0
             self._last_ok = time.monotonic()
             self._refreshes += 1
         return True
@@ -405,17 +423,29 @@ class IdentityCache:
 
     def _run(self):
         next_resync = 0.0
+        retry_at = None
         while not self._stopping.is_set():
             now = time.monotonic()
-            if now >= next_resync or self._wake.is_set():
+            due = now >= next_resync or (retry_at is not None and now >= retry_at)
+            if due or self._wake.is_set():
                 self._wake.clear()
-                self.refresh()
-                next_resync = time.monotonic() + self.resync
-                # A miss right after a refresh waits min_refresh: a cgroup the runtime does
-                # not know (a non-Kubernetes container) must not make us poll it flat out.
+                ok = self.refresh()
+                now = time.monotonic()
+                next_resync = now + self.resync
+                with self._lock:
+                    tries = max(self._missed.values(), default=None)
+                # ids still missing, or a failed refresh: again after min_refresh, doubling
+                retry_at = None
+                if tries is not None:
+                    retry_at = now + self.min_refresh * (2 ** tries)
+                if not ok:
+                    retry_at = now + max(self.min_refresh, 5.0)
+                # A miss right after a refresh waits min_refresh: lookups must never make us
+                # poll the runtime flat out.
                 self._stopping.wait(self.min_refresh)
                 continue
-            self._wake.wait(max(0.0, min(next_resync - now, 1.0)))
+            until = min(next_resync, retry_at if retry_at is not None else next_resync)
+            self._wake.wait(max(0.0, min(until - now, 1.0)))
 
     def start(self):
         if self._thread is None:

@@ -211,3 +211,224 @@ def test_identity_of_pods_and_containers(runtime):
         cache.stop()
         for pod in pods[1:]:
             daemon.remove_pod(pod["sandbox"])
+
+
+# ------------------------------------------------------------- the exporter, as kubelet names
+
+
+class Served:
+    """``python -m cgshim serve --runtime-endpoint ...`` on 127.0.0.1 and a free port."""
+
+    INTERVAL = 0.5
+
+    def __init__(self, root, endpoint, resync=1.0):
+        import selectors
+        import subprocess
+        import sys
+
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        cmd = [sys.executable, "-m", "cgshim", "serve", "--listen", "127.0.0.1:0",
+               "--interval", str(self.INTERVAL), "--root", root, "--runtime-endpoint", endpoint,
+               "--runtime-resync", str(resync)]
+        env = dict(os.environ, PYTHONPATH=repo, PYTHONDONTWRITEBYTECODE="1")
+        self.proc = subprocess.Popen(cmd, cwd=repo, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        buf, deadline = b"", time.monotonic() + 60
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(self.proc.stderr, selectors.EVENT_READ)
+                while b"\n" not in buf:
+                    left = deadline - time.monotonic()
+                    assert left > 0 and sel.select(left), f"serve did not start: {buf!r}"
+                    chunk = os.read(self.proc.stderr.fileno(), 4096)
+                    assert chunk, f"serve exited ({self.proc.wait(5)}): {buf!r}"
+                    buf += chunk
+            line = buf.split(b"\n")[0].decode()
+            assert "read-only CRI calls" in line, line
+            self.port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
+        except BaseException:
+            self.close()
+            raise
+
+    def request(self, path):
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode()
+        finally:
+            conn.close()
+
+    def scrape(self):
+        """[(name, labels, value)] of one scrape."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        status, body = self.request("/metrics")
+        assert status == 200, body[:300]
+        return [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(body)
+                for s in fam.samples]
+
+    def wait_for(self, predicate, what, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            samples = self.scrape()
+            if predicate(samples):
+                return samples
+            assert time.monotonic() < deadline, f"not seen within {timeout} s: {what}"
+            time.sleep(self.INTERVAL / 2)
+
+    def close(self):
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc.stderr.close()
+        return self.proc.returncode
+
+
+def query(samples, metric, **match):
+    """A PromQL-style selector: samples of ``metric`` whose labels equal ``match``, where a
+    label absent from a series counts as "" (as in PromQL)."""
+    return [(labels, value) for name, labels, value in samples if name == metric
+            and all(labels.get(k, "") == v for k, v in match.items())]
+
+
+def _cgroup_root():
+    from cgshim.kernel.mounts import hierarchy
+
+    h = hierarchy()
+    cpu = h.v1_mount("cpu")
+    return cpu.mount_point if cpu is not None else h.v2.mount_point
+
+
+def test_serve_labels_series_as_kubelet_does(runtime):
+    """Pods in kubelet's three QoS layouts, run over CRI as kubelet runs them: every container,
+    sandbox and pod cgroup carries kubelet's labels with the right task counts; a kubelet-style
+    query by namespace/pod/container selects the right series; a removed pod's series go; with
+    containerd stopped the series stay, path-only, and the names come back with it."""
+    daemon, cgroups = runtime
+    # pod names unique to this run: another run of this test may share the node's /kubepods
+    tag = ctrd.new_uid()[:8]
+    WEB, BATCH, DB = f"web-{tag}", f"batch-{tag}", f"db-{tag}"  # noqa: N806
+    web = make_pod(daemon, cgroups, LAYOUTS[0][1], WEB, [("spin", SPIN), ("side", SLEEP)])
+    batch = make_pod(daemon, cgroups, LAYOUTS[1][1], BATCH, [("a", SLEEP), ("b", SLEEP)])
+    db = make_pod(daemon, cgroups, LAYOUTS[2][1], DB, [("db", SLEEP)])
+    pods = {"burstable": web, "besteffort": batch, "guaranteed": db}
+    root = os.path.join(_cgroup_root(), "kubepods")
+    served = Served(root, daemon.endpoint)
+    try:
+        def cid_series(samples, pod, cname):
+            cid = pod["containers"][cname]
+            return query(samples, "container_tasks_state", id=f"{pod['parent']}/{cid}")
+
+        def all_named(samples):
+            for pod in pods.values():
+                for cname in pod["containers"]:
+                    got = cid_series(samples, pod, cname)
+                    if not got or any(lab["container"] != cname for lab, _ in got):
+                        return False
+                got = query(samples, "container_tasks_state", id=f"{pod['parent']}/{pod['sandbox']}")
+                if not got or any(lab["pod"] != pod["name"] for lab, _ in got):
+                    return False
+                got = query(samples, "container_tasks_state", id=pod["parent"])
+                if not got or any(lab["pod"] != pod["name"] for lab, _ in got):
+                    return False
+            return True
+
+        s = served.wait_for(all_named, "kubelet's labels on every container, sandbox and pod")
+        for qos, pod in pods.items():
+            uid = pod["uid"]
+            for cname, cid in pod["containers"].items():
+                for labels, _ in cid_series(s, pod, cname):
+                    labels.pop("state")
+                    assert labels == {"id": f"{pod['parent']}/{cid}", "container": cname,
+                                      "image": daemon.images["busybox"], "name": cid,
+                                      "namespace": NS, "pod": pod["name"], "pod_uid": uid,
+                                      "container_id": cid, "qos": qos}
+            sandbox = query(s, "container_tasks_state", id=f"{pod['parent']}/{pod['sandbox']}")
+            for labels, _ in sandbox:
+                labels.pop("state")
+                assert labels == {"id": f"{pod['parent']}/{pod['sandbox']}", "container": "",
+                                  "image": daemon.images["pause"], "name": pod["sandbox"],
+                                  "namespace": NS, "pod": pod["name"], "pod_uid": uid,
+                                  "container_id": pod["sandbox"], "qos": qos}
+            for labels, _ in query(s, "container_tasks_state", id=pod["parent"]):
+                labels.pop("state")
+                assert labels == {"id": pod["parent"], "container": "", "image": "", "name": "",
+                                  "namespace": NS, "pod": pod["name"], "pod_uid": uid,
+                                  "container_id": "", "qos": qos}
+        # The kubelet levels above the pods are no pod's: id only.
+        for labels, _ in query(s, "container_tasks_state", id="/kubepods/burstable"):
+            assert (labels["namespace"], labels["pod"], labels["pod_uid"]) == ("", "", "")
+
+        # Task counts by kubelet-style queries: the spinner runs, sleepers and pause sleep,
+        # and a pod cgroup has no tasks of its own.
+        def state(samples, st, **match):
+            got = query(samples, "container_tasks_state", namespace=NS, state=st, **match)
+            assert len(got) == 1, (match, st, got)
+            return got[0][1]
+
+        s = served.wait_for(lambda s: query(s, "container_cpu_load_average_10s", namespace=NS,
+                                            pod=WEB, container="spin")
+                            and query(s, "container_cpu_load_average_10s", namespace=NS,
+                                      pod=WEB, container="spin")[0][1] > 0,
+                            "the spinner's load above 0")
+        assert state(s, "running", pod=WEB, container="spin") == 1
+        assert state(s, "sleeping", pod=WEB, container="spin") == 0
+        for pod, cname in ((WEB, "side"), (BATCH, "a"), (BATCH, "b"), (DB, "db")):
+            assert state(s, "sleeping", pod=pod, container=cname) == 1
+            assert state(s, "running", pod=pod, container=cname) == 0
+        for pod in pods.values():
+            assert state(s, "sleeping", pod=pod["name"], container="",
+                         name=pod["sandbox"]) == 1  # the pause container
+            assert state(s, "running", pod=pod["name"], container="", name="") == 0  # pod level
+        # {namespace=NS, container!=""}: exactly the five containers
+        named = {(lab["pod"], lab["container"]) for name, lab, _ in s
+                 if name == "container_cpu_load_average_10s" and lab.get("namespace") == NS
+                 and lab.get("pod") in (WEB, BATCH, DB) and lab.get("container")}
+        assert named == {(WEB, "spin"), (WEB, "side"), (BATCH, "a"),
+                         (BATCH, "b"), (DB, "db")}
+        status, body = served.request("/healthz")
+        assert status == 200 and "runtime containerd" in body, body
+        assert query(s, "cgshim_runtime_up", endpoint=daemon.endpoint)[0][1] == 1
+
+        # A pod removed as kubelet removes it: sandbox and containers over CRI, then the pod
+        # cgroup. Every series of its uid goes.
+        daemon.remove_pod(batch["sandbox"])
+        assert not cgroups.remove_pod(batch["parent"])
+        served.wait_for(lambda s: not [1 for _, lab, _ in s if lab.get("pod_uid") == batch["uid"]],
+                        "the removed pod's series gone")
+
+        # containerd stops: sampling goes on, the series stay with what the path says.
+        daemon.stop_daemon()
+        spin_id = f"{web['parent']}/{web['containers']['spin']}"
+
+        def path_only(samples):
+            got = query(samples, "container_tasks_state", id=spin_id, state="running")
+            return got and got[0][0]["pod"] == "" and got[0][0]["pod_uid"] == web["uid"]
+
+        s = served.wait_for(path_only, "path-only labels while containerd is down")
+        (labels, value), = query(s, "container_tasks_state", id=spin_id, state="running")
+        assert value == 1
+        assert (labels["container_id"], labels["qos"], labels["namespace"], labels["name"]) == \
+            (web["containers"]["spin"], "burstable", "", "")
+        assert query(s, "cgshim_runtime_up", endpoint=daemon.endpoint)[0][1] == 0
+        status, body = served.request("/healthz")
+        assert status == 200 and "not answering" in body and "path-only" in body, body
+
+        # containerd is back: the names come back.
+        daemon.start_daemon()
+        served.wait_for(lambda s: query(s, "container_tasks_state", id=spin_id, state="running",
+                                        namespace=NS, pod=WEB, container="spin"),
+                        "kubelet's labels again after containerd restarted")
+    finally:
+        assert served.close() == 0
+        for pod in (web, db):
+            daemon.remove_pod(pod["sandbox"])

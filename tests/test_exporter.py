@@ -466,11 +466,15 @@ def test_k8s_labels_of_pod_and_container_cgroups(testbed, tmp_path, root):
         if fam.name == "container_cpu_load_average_10s":
             labels = {s.labels["id"]: s.labels for s in fam.samples}
     pod_id = "/" + name.rsplit("/", 1)[0]
+    # Without a runtime endpoint kubelet's five names are there, empty (path-only labels).
+    kube = {"container": "", "image": "", "name": "", "namespace": "", "pod": ""}
     assert labels["/" + name] == {"id": "/" + name, "pod_uid": uid, "container_id": cid,
-                                  "qos": "burstable"}
-    assert labels[pod_id] == {"id": pod_id, "pod_uid": uid, "container_id": "", "qos": "burstable"}
+                                  "qos": "burstable", **kube}
+    assert labels[pod_id] == {"id": pod_id, "pod_uid": uid, "container_id": "", "qos": "burstable",
+                              **kube}
     assert labels["/kubepods.slice"] == {"id": "/kubepods.slice", "pod_uid": "",
-                                         "container_id": "", "qos": ""}
+                                         "container_id": "", "qos": "", **kube}
     assert "/" in labels and len(labels) == 5  # the root and its four levels
-    assert 'container_tasks_state{container_id="%s",id="/%s",pod_uid="%s",qos="burstable",' \
-           'state="sleeping"} 2.0' % (cid, name, uid) in text
+    assert 'container_tasks_state{container="",container_id="%s",id="/%s",image="",name="",' \
+           'namespace="",pod="",pod_uid="%s",qos="burstable",state="sleeping"} 2.0' \
+           % (cid, name, uid) in text

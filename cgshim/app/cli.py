@@ -6,7 +6,7 @@ Subcommands::
     cgshim load PATH... [--recursive] [--json]
     cgshim taskstats PID [--tgid] [--json]
     cgshim top [--interval S] [--root PATH]... [--sort KEY] [--once | --iterations N] [--json]
-    cgshim serve [--listen HOST:PORT] [--interval S] [--root PATH]...
+    cgshim serve [--listen HOST:PORT] [--interval S] [--root PATH]... [--runtime-endpoint EP]
 
 Exit status: 0 success; 1 a reading failed (a cgshim error; for the probe: no load reading
 was produced; for ``load``: at least one path failed, the others are still printed);
@@ -417,7 +417,9 @@ def cmd_top(args, out):
 
 def cmd_serve(args, out):
     try:
-        exporter.serve(args.listen, args.interval, args.roots)
+        exporter.serve(args.listen, args.interval, args.roots,
+                       runtime_endpoint=args.runtime_endpoint,
+                       runtime_resync=args.runtime_resync)
     except KeyboardInterrupt:
         pass
     except OSError as exc:  # the address cannot be bound (in use, not local, no permission)

@@ -20,12 +20,17 @@ and two of its own: ``cgshim_load_source{id,source}`` (1 per cgroup; source = ne
 psi) and ``cgshim_sampling_errors_total{error}`` (failed readings by cgshim error class), plus
 ``cgshim_cgroups`` (cgroups with a reading) and the standard ``process_*`` metrics.
 
-Labels. Every per-cgroup series carries ``id``: the cgroup's name within its hierarchy, as
-cAdvisor writes it ("/kubepods.slice/..."; :attr:`cgshim.kernel.mounts.Resolved.name`), and
-``pod_uid``, ``container_id``, ``qos`` from :func:`cgshim.k8s.parse_cgroup`. A metric's label
-set is fixed, so for a cgroup that is not a pod or container (and ``container_id`` of a pod
-cgroup) those values are the empty string, which PromQL treats exactly like an absent label:
-``container_cpu_load_average_10s{id="/system.slice"}`` selects the same series cAdvisor's did.
+Labels. Every per-cgroup series carries kubelet's label set for the same cgroup (its
+/metrics/cadvisor: ``container``, ``id``, ``image``, ``name``, ``namespace``, ``pod``) and
+``pod_uid``, ``container_id``, ``qos`` from :func:`cgshim.k8s.parse_cgroup`. ``id`` is the
+cgroup's name within its hierarchy, as cAdvisor writes it ("/kubepods.slice/...";
+:attr:`cgshim.kernel.mounts.Resolved.name`). The other five come from the container runtime
+when ``runtime_endpoint`` is given (:class:`cgshim.cri.IdentityCache`, with the values kubelet
+writes: see :mod:`cgshim.cri`); without it, or while the runtime does not answer, they are
+empty and the series carry what the path tells. A metric's label set is fixed, so a value
+that does not apply is the empty string, which PromQL treats exactly like an absent label:
+``container_cpu_load_average_10s{id="/system.slice"}`` selects the same series cAdvisor's did,
+and ``{namespace="prod", pod=~"api-.*", container="app"}`` the same as kubelet's.
 No sample timestamps are attached (the scrape time is used).
 
 Sampling. The cgroups exported are each root and all its descendants, found again with
@@ -71,7 +76,9 @@ __all__ = ["Exporter", "Reading", "serve", "main", "DEFAULT_LISTEN"]
 
 DEFAULT_LISTEN = "127.0.0.1:9560"
 
-_BASE_LABELS = ("id", "pod_uid", "container_id", "qos")
+# id first (the sampler keys on it); then kubelet's five (cgshim.cri), then the path's three.
+_BASE_LABELS = ("id", "container", "image", "name", "namespace", "pod", "pod_uid",
+                "container_id", "qos")
 # (CpuLoad field, cAdvisor's state label), in cAdvisor's order.
 _STATES = (("nr_sleeping", "sleeping"), ("nr_running", "running"), ("nr_stopped", "stopped"),
            ("nr_uninterruptible", "uninterruptible"), ("nr_io_wait", "iowaiting"))
@@ -84,6 +91,7 @@ class _Cgroup:
 
     resolved: Resolved
     labels: tuple  # values of _BASE_LABELS
+    generation: int = -1  # of the runtime identity cache the labels were made from
 
 
 @attrs.frozen
@@ -123,11 +131,19 @@ def _cadvisor_id(name):
     return "/" + "/".join(parts)
 
 
-def _labels(cgroup_id):
+def _labels(cgroup_id, identity=None):
+    """Values of _BASE_LABELS; ``identity`` is an IdentityCache or None (path only)."""
     parsed = k8s.parse_cgroup(cgroup_id)
     if parsed is None:
-        return (cgroup_id, "", "", "")
-    return (cgroup_id, parsed.pod_uid, parsed.container_id or "", parsed.qos)
+        return (cgroup_id, "", "", "", "", "", "", "", "")
+    who = None
+    if identity is not None:
+        # a container's (or sandbox's) own cgroup by its id, a pod cgroup by the pod's uid
+        who = (identity.container(parsed.container_id) if parsed.container_id
+               else identity.pod(parsed.pod_uid))
+    kube = ("", "", "", "", "") if who is None else (who.container, who.image, who.name,
+                                                     who.namespace, who.pod)
+    return (cgroup_id, *kube, parsed.pod_uid, parsed.container_id or "", parsed.qos)
 
 
 class _Collector:
@@ -153,11 +169,17 @@ class Exporter:
     :class:`cgshim.reader.Reader` to use (it stays the caller's); by default the Exporter makes
     one and closes it in :meth:`stop`.
 
+    ``runtime_endpoint`` (e.g. ``unix:///run/containerd/containerd.sock``): name pods and
+    containers as kubelet does, from the runtime over CRI (:class:`cgshim.cri.IdentityCache`,
+    its thread started and stopped with the sampler; ``runtime_timeout`` bounds each call,
+    ``runtime_resync`` is the periodic refresh). The sampler only reads the cache.
+
     ``registry`` is the exporter's own CollectorRegistry (not prometheus_client's global one);
     :meth:`wsgi_app` serves it. Use as a context manager, or :meth:`start` / :meth:`stop`.
     """
 
-    def __init__(self, roots, interval=1.0, *, reader=None):
+    def __init__(self, roots, interval=1.0, *, reader=None, runtime_endpoint=None,
+                 runtime_timeout=2.0, runtime_resync=60.0):
         if isinstance(roots, (str, bytes)):
             raise TypeError("roots must be a list of cgroup paths, not one string")
         roots = list(roots)
@@ -175,6 +197,12 @@ class Exporter:
             self._ticks = 0
             self._sampler = Sampler(_SamplingReader(self), self._paths, interval,
                                     on_error=self._count_error)
+            self.identity = None
+            if runtime_endpoint is not None:
+                from cgshim.cri import IdentityCache
+
+                self.identity = IdentityCache(runtime_endpoint, timeout=runtime_timeout,
+                                              resync=runtime_resync)
         except BaseException:
             if self._own_reader:
                 self._reader.close()
@@ -195,6 +223,8 @@ class Exporter:
 
     def start(self):
         """Start the sampler thread (the first tick happens at once)."""
+        if self.identity is not None:
+            self.identity.start()
         self._sampler.start()
         return self
 
@@ -204,6 +234,8 @@ class Exporter:
         try:
             self._sampler.stop()
         finally:
+            if self.identity is not None:
+                self.identity.stop()
             if self._own_reader:
                 self._reader.close()
 
@@ -257,7 +289,8 @@ class Exporter:
                 if path in found:
                     continue
                 cgroup = known.get(path)
-                if cgroup is None:
+                if cgroup is None or (self.identity is not None
+                                      and cgroup.generation != self.identity.generation):
                     cgroup = self._describe(root, path)
                 if cgroup.labels[0] in seen_ids:
                     continue
@@ -276,7 +309,10 @@ class Exporter:
         parts = [] if rel == "." else rel.split(os.sep)
         name = "/" + "/".join([p for p in root.name.split("/") if p] + parts)
         resolved = Resolved(path=path, name=name, version=root.version, mount=root.mount)
-        return _Cgroup(resolved=resolved, labels=_labels(_cadvisor_id(name)))
+        # read before the lookups: a refresh in between makes the next tick describe it again
+        generation = -1 if self.identity is None else self.identity.generation
+        return _Cgroup(resolved=resolved, labels=_labels(_cadvisor_id(name), self.identity),
+                       generation=generation)
 
     def _release(self, path):
         """Let the Reader close what it holds for a cgroup that left the set."""
@@ -349,7 +385,23 @@ class Exporter:
             errors.add_metric([name], count)
         cgroups = GaugeMetricFamily("cgshim_cgroups", "Cgroups with a current reading.",
                                     value=len(samples))
-        return [load, load_d, tasks, *pressure.values(), source, errors, cgroups]
+        families = [load, load_d, tasks, *pressure.values(), source, errors, cgroups]
+        if self.identity is not None:
+            up = GaugeMetricFamily(
+                "cgshim_runtime_up", "1 if the container runtime answered the last CRI refresh "
+                "(pods and containers carry kubelet's labels), 0 if not (path-only labels).",
+                labels=("endpoint",))
+            up.add_metric([self.identity.endpoint], 1 if self.identity.status().ok else 0)
+            families.append(up)
+        return families
+
+    def runtime_status(self):
+        """One line on the runtime identity: None without --runtime-endpoint."""
+        if self.identity is None:
+            return None
+        from cgshim.cri import describe_status
+
+        return describe_status(self.identity.status())
 
     # -- HTTP ----------------------------------------------------------------------------------
     def wsgi_app(self):
@@ -365,9 +417,14 @@ class Exporter:
                 return _plain(start_response, "405 Method Not Allowed", b"use GET\n",
                               [("Allow", "GET, HEAD")])
             if path == "/healthz":
+                # The runtime's state is said but never fails the check: without it the
+                # exporter still serves every series, with path-only labels.
+                runtime = self.runtime_status()
+                extra = b"" if runtime is None else f"{runtime}\n".encode()
                 if self.ready():
-                    return _plain(start_response, "200 OK", b"ok\n")
-                return _plain(start_response, "503 Service Unavailable", b"not sampling\n")
+                    return _plain(start_response, "200 OK", b"ok\n" + extra)
+                return _plain(start_response, "503 Service Unavailable",
+                              b"not sampling\n" + extra)
             # No parameter of ours; prometheus_client's name[] filter is not offered either.
             clean = dict(environ, QUERY_STRING="", REQUEST_METHOD="GET")
             return metrics(clean, start_response)
@@ -443,7 +500,8 @@ def _make_server(listen, app):
     return make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
 
 
-def serve(listen=DEFAULT_LISTEN, interval=1.0, roots=None, *, stop=None):
+def serve(listen=DEFAULT_LISTEN, interval=1.0, roots=None, *, stop=None, runtime_endpoint=None,
+          runtime_resync=60.0):
     """Serve the exporter's /metrics on ``listen`` until SIGTERM or SIGINT (or until the
     ``stop`` threading.Event is set), then stop the HTTP server and the sampler cleanly.
 
@@ -451,12 +509,14 @@ def serve(listen=DEFAULT_LISTEN, interval=1.0, roots=None, *, stop=None):
     host's whole tree, see :func:`_default_roots`). Call from the main thread: the signals are
     blocked in all threads and taken by the main one. Prints the bound address to stderr (port
     0 picks a free one). Raises CgshimError for a bad root, OSError if the address cannot be
-    bound, and re-raises an exception that ended the sampler.
+    bound, and re-raises an exception that ended the sampler. ``runtime_endpoint`` and
+    ``runtime_resync``: see :class:`Exporter`.
     """
     signals = {signal.SIGTERM, signal.SIGINT}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # before any thread starts
     try:
-        exporter = Exporter(roots if roots else _default_roots(), interval)
+        exporter = Exporter(roots if roots else _default_roots(), interval,
+                            runtime_endpoint=runtime_endpoint, runtime_resync=runtime_resync)
         try:
             server = _make_server(listen, exporter.wsgi_app())
         except BaseException:
@@ -470,8 +530,9 @@ def serve(listen=DEFAULT_LISTEN, interval=1.0, roots=None, *, stop=None):
             host, port = server.server_address[:2]
             shown = f"[{host}]" if ":" in host else host
             print(f"cgshim exporter: serving http://{shown}:{port}/metrics, interval "
-                  f"{exporter.interval:g} s, roots {' '.join(exporter.roots)}",
-                  file=sys.stderr, flush=True)
+                  f"{exporter.interval:g} s, roots {' '.join(exporter.roots)}"
+                  + (f", runtime {runtime_endpoint} (read-only CRI calls)"
+                     if runtime_endpoint else ""), file=sys.stderr, flush=True)
             while stop is None or not stop.is_set():
                 if signal.sigtimedwait(signals, 0.5) is not None:
                     break
@@ -496,6 +557,16 @@ def _interval(text):
     return value
 
 
+def _endpoint(text):
+    from cgshim.cri import parse_endpoint
+
+    try:
+        parse_endpoint(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _listen(text):
     try:
         parse_listen(text)
@@ -515,6 +586,17 @@ def add_arguments(parser):
     parser.add_argument("--root", action="append", default=None, metavar="PATH", dest="roots",
                         help="cgroup directory or name to export with all its descendants; "
                              "repeatable (default: the host's whole cgroup tree)")
+    parser.add_argument("--runtime-endpoint", default=None, type=_endpoint, metavar="ENDPOINT",
+                        help="container runtime's CRI socket, e.g. "
+                             "unix:///run/containerd/containerd.sock or "
+                             "unix:///var/run/crio/crio.sock: label pods and containers as "
+                             "kubelet does (namespace, pod, container, image, name); only "
+                             "read-only calls are made (default: off, path-only labels; needs "
+                             "pip install 'cgshim[k8s]')")
+    parser.add_argument("--runtime-resync", default=60.0, type=_interval, metavar="SECONDS",
+                        help="with --runtime-endpoint: seconds between full refreshes of the "
+                             "runtime's pods and containers (default 60; new cgroups trigger "
+                             "a refresh of their own)")
     return parser
 
 
@@ -527,7 +609,8 @@ def main(argv=None):
                     "cgroup host. Exit 0 after SIGTERM/SIGINT, 1 on error, 2 on bad usage."))
     args = parser.parse_args(argv)
     try:
-        serve(args.listen, args.interval, args.roots)
+        serve(args.listen, args.interval, args.roots, runtime_endpoint=args.runtime_endpoint,
+              runtime_resync=args.runtime_resync)
     except (CgshimError, OSError) as exc:
         print(f"cgshim exporter: {exc}", file=sys.stderr)
         return 1

@@ -431,21 +431,70 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 # ------------------------------------------------------------------------- kubelet cgroups
 
 
+_REGISTRY = "/tmp/cgshim-test-kubepods.json"  # guarded by an flock on REGISTRY + ".lock"
+
+
+class _Registry:
+    """Which kubelet levels (kubepods, QoS) cgshim tests created, and which test processes use
+    them, shared by concurrent test runs through an flock'd file. The last user out removes
+    the levels tests created (if empty); a level that existed before any test is never listed."""
+
+    def __enter__(self):
+        import fcntl
+
+        self._fd = os.open(_REGISTRY + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            with open(_REGISTRY) as f:
+                self.data = json.load(f)
+        except (OSError, ValueError):
+            self.data = {"created": [], "users": []}
+        # users that died without cleaning up no longer count
+        self.data["users"] = [p for p in self.data["users"] if _alive(p)]
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        try:
+            if exc[0] is None:
+                tmp = _REGISTRY + f".{os.getpid()}"
+                with open(tmp, "w") as f:
+                    json.dump(self.data, f)
+                os.replace(tmp, _REGISTRY)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
 class KubeCgroups:
     """The kubelet-side cgroups of a test's pods: ``/kubepods[/<qos>]/pod<uid>`` in every
     hierarchy runc writes to (each v1 hierarchy and cgroup2).
 
     kubelet creates and removes the kubepods, QoS and pod levels; runc only creates missing
-    parents and the runtime's teardown leaves them. :meth:`note` records, before a pod starts,
-    which of those levels already exist; :meth:`cleanup` removes the pod levels (and any
-    container cgroup a failed test left in them), then the QoS and kubepods levels only where
-    this object saw them absent, and only if empty (rmdir refuses otherwise, so another test's
-    pods are never touched).
+    parents and the runtime's teardown leaves them. :meth:`note`, called before a pod starts,
+    records the pod level as this test's (its uid is unique) and registers the kubepods and
+    QoS levels that do not exist yet as made by cgshim tests (:class:`_Registry`, shared with
+    concurrent runs). :meth:`cleanup` removes this test's pod levels (and any container cgroup
+    a failed test left in them); the last test process using the registry then removes the
+    registered levels, only if empty (rmdir refuses otherwise). A level that existed before
+    any cgshim test is never removed.
     """
 
     def __init__(self):
         self.roots = self._roots()
-        self._ours = []  # relative names whose removal is ours, in creation order
+        self._pods = []  # (root, relative name) of this test's pod levels
+        self._user = False
 
     @staticmethod
     def _roots():
@@ -460,40 +509,68 @@ class KubeCgroups:
         return roots
 
     def note(self, cgroup_parent):
-        """Record which levels of ``cgroup_parent`` (``/kubepods/.../pod<uid>``) this test
-        will create. The pod level must not exist (unique uid)."""
+        """Record the levels of ``cgroup_parent`` (``/kubepods/.../pod<uid>``) before a pod
+        is run with it. The pod level must not exist (unique uid)."""
         parts = cgroup_parent.strip("/").split("/")
-        for i in range(1, len(parts) + 1):
-            rel = "/".join(parts[:i])
-            absent = [r for r in self.roots if not os.path.isdir(os.path.join(r, rel))]
-            if i == len(parts) and len(absent) != len(self.roots):
-                raise RuntimeError(f"pod cgroup {rel} exists already: uids must be unique")
-            for root in absent:
-                if (root, rel) not in self._ours:
-                    self._ours.append((root, rel))
+        pod = "/".join(parts)
+        if any(os.path.isdir(os.path.join(r, pod)) for r in self.roots):
+            raise RuntimeError(f"pod cgroup {pod} exists already: uids must be unique")
+        with _Registry() as reg:
+            if os.getpid() not in reg.data["users"]:
+                reg.data["users"].append(os.getpid())
+            self._user = True
+            for i in range(1, len(parts)):
+                rel = "/".join(parts[:i])
+                for root in self.roots:
+                    if (not os.path.isdir(os.path.join(root, rel))
+                            and [root, rel] not in reg.data["created"]):
+                        reg.data["created"].append([root, rel])
+        self._pods += [(root, pod) for root in self.roots]
+
+    def remove_pod(self, cgroup_parent, timeout=20.0):
+        """rmdir the pod level in every hierarchy, as kubelet does once the pod is gone.
+        Returns the directories that would not go."""
+        rel = cgroup_parent.strip("/")
+        left = []
+        for root, pod in self._pods:
+            path = os.path.join(root, pod)
+            if pod == rel and os.path.isdir(path) and not _rmdir_when_empty(path, timeout):
+                left.append(path)
+        return left
 
     def cleanup(self, timeout=20.0):
-        """Remove what :meth:`note` recorded, deepest first, waiting for tasks to leave."""
+        """Remove this test's pod levels, then (last user) the registered kubelet levels."""
         left = []
-        for root, rel in sorted(self._ours, key=lambda x: -x[1].count("/")):
+        for root, rel in self._pods:
             path = os.path.join(root, rel)
             if not os.path.isdir(path):
                 continue
-            if rel.split("/")[-1].startswith("pod"):
-                # leftovers of a failed test: the containers' cgroups inside our pod
-                for child in sorted(os.listdir(path)):
-                    sub = os.path.join(path, child)
-                    if os.path.isdir(sub):
-                        _rmdir_when_empty(sub, timeout)
-                if not _rmdir_when_empty(path, timeout):
-                    left.append(path)
-            else:
+            # leftovers of a failed test: the containers' cgroups inside our pod
+            for child in sorted(os.listdir(path)):
+                sub = os.path.join(path, child)
+                if os.path.isdir(sub):
+                    _rmdir_when_empty(sub, timeout)
+            if not _rmdir_when_empty(path, timeout):
+                left.append(path)
+        self._pods = []
+        if not self._user:
+            return left
+        with _Registry() as reg:
+            reg.data["users"] = [p for p in reg.data["users"] if p != os.getpid()]
+            self._user = False
+            if reg.data["users"]:
+                return left
+            keep = []
+            for root, rel in sorted(reg.data["created"], key=lambda x: -x[1].count("/")):
                 try:
-                    os.rmdir(path)
+                    os.rmdir(os.path.join(root, rel))
+                except FileNotFoundError:
+                    pass
                 except OSError as exc:
-                    if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY, errno.ENOENT):
+                    if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
                         raise
-        self._ours = []
+                    keep.append([root, rel])  # something else lives there now: leave it
+            reg.data["created"] = keep
         return left
 
 
