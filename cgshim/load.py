@@ -160,7 +160,8 @@ class Sample:
 class Sampler:
     """Polls cgroups every ``interval`` seconds on one background thread and smooths their load.
 
-    ``reader`` is a :class:`cgshim.Reader` (anything with ``cpu_load(path, *, recursive=False)``).
+    ``reader`` is a :class:`cgshim.Reader` (anything with ``cpu_load(path, *, recursive=False)``
+    returning a :class:`cgshim.CpuLoad`, or an object whose ``cpu_load`` attribute is one).
     ``paths`` is either a fixed iterable of cgroup paths or a callable returning the current
     ones, asked again at every tick (e.g. built on :func:`cgshim.k8s.discover`).
 
@@ -341,8 +342,10 @@ class Sampler:
                     self._errors[path] = self._errors.get(path, 0) + 1
                 self._report(path, exc)
                 continue
-            running = getattr(reading, "nr_running", None)
-            blocked = getattr(reading, "nr_uninterruptible", None)
+            # A CpuLoad, or a consumer's reading that carries one (the exporter's Reading).
+            load = getattr(reading, "cpu_load", reading)
+            running = getattr(load, "nr_running", None)
+            blocked = getattr(load, "nr_uninterruptible", None)
             with self._lock:
                 self._errors.setdefault(path, 0)
                 self._latest[path] = reading

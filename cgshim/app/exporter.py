@@ -100,21 +100,13 @@ class Reading:
 
     ``cpu_load`` is the :class:`cgshim.model.CpuLoad` (its ``pressure`` is cpu.pressure);
     ``memory`` and ``io`` are :class:`cgshim.kernel.psi.Pressure` or None where the file is absent.
-    ``nr_running`` / ``nr_uninterruptible`` are the CpuLoad's, for the Sampler's tracker.
+    The counts are the CpuLoad's only (the Sampler's tracker reads ``cpu_load``).
     """
 
     cgroup: _Cgroup
     cpu_load: object
     memory: object
     io: object
-
-    @property
-    def nr_running(self):
-        return self.cpu_load.nr_running
-
-    @property
-    def nr_uninterruptible(self):
-        return self.cpu_load.nr_uninterruptible
 
 
 def _cadvisor_id(name):
