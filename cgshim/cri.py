@@ -8,29 +8,26 @@ a unix socket. This module speaks that API with grpcio, with the messages of
 needed, see :func:`messages`).
 
 Only read-only calls exist here: ``Version``, ``ListPodSandbox``, ``ListContainers``,
-``ContainerStatus`` and ``PodSandboxStatus``. The socket grants control of every container on the node, but nothing in
-cgshim can create, stop, exec into or remove one through this client.
+``ContainerStatus`` and ``PodSandboxStatus``. The socket grants control of every container on
+the node, but nothing in cgshim can create, stop, exec into or remove one through this client.
 
 The labels kubelet writes (pkg/kubelet/server/server.go ``containerPrometheusLabelsFunc`` over
-cAdvisor's ``ContainerInfo``; google/cadvisor container/containerd/handler.go builds that
-for containerd) and where :class:`IdentityCache` finds the same values:
+cAdvisor's ``ContainerInfo``, which google/cadvisor container/containerd/handler.go builds for
+containerd), and where :class:`IdentityCache` finds the same values:
 
-============  =====================================================  ===========================
-label         kubelet / cAdvisor                                       here (CRI)
-============  =====================================================  ===========================
-id            cgroup name                                              cgroup name
-name          ``Aliases[0]``: containerd's container id; "" for a      container / sandbox id;
-              pod cgroup and cgroups no runtime knows                  "" otherwise
-image         ``Spec.Image``: the runtime's image name of the          ContainerStatus
-              container (containerd resolves the image id kubelet      ``image.image``; for a
-              sends to the name); "" for a pod cgroup                  sandbox PodSandboxStatus'
-                                                                       verbose ``info.image``
-pod           container label ``io.kubernetes.pod.name``; for a pod    the same label; the
-              cgroup ``GetPodByCgroupfs`` (the pod's name)             sandbox's metadata
-namespace     label ``io.kubernetes.pod.namespace``, or as pod         the same
-container     label ``io.kubernetes.container.name``; "" for the       the same label
-              sandbox (pause) and the pod cgroup
-============  =====================================================  ===========================
+- ``id``: the cgroup name (the exporter's, from the path).
+- ``name``: cAdvisor's ``Aliases[0]``, containerd's container id, for a container and for the
+  sandbox (pause) container; "" for a pod cgroup. Here: the container or sandbox id.
+- ``image``: ``Spec.Image``, the image name containerd keeps for the container (it resolves
+  the image id kubelet sends to the name); "" for a pod cgroup. Here: ContainerStatus'
+  ``image.image`` (the same name); for a sandbox, containerd's verbose PodSandboxStatus
+  ``info`` (key ``image``), as CRI has no field for it.
+- ``pod``, ``namespace``: the container's labels ``io.kubernetes.pod.name`` /
+  ``io.kubernetes.pod.namespace`` (kubelet sets them on sandboxes and containers alike); for
+  a pod cgroup kubelet's own pod (``GetPodByCgroupfs``). Here: the same labels; for a pod
+  cgroup the sandbox's metadata, found by the pod uid in the path.
+- ``container``: the label ``io.kubernetes.container.name``; "" for the sandbox and the pod
+  cgroup. Here: the same label.
 
 A cgroup the runtime does not know (no runtime endpoint, the runtime down, a container not yet
 listed) gets "" for all but ``id``, which is what kubelet shows for a cgroup cAdvisor has no
@@ -46,7 +43,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 import threading
 import time
 
@@ -89,9 +85,9 @@ def _need(module):
 def messages(proto="cri.proto", include=(_PROTO_DIR,)):
     """Message classes of ``proto`` (found in the ``include`` directories), by short name.
 
-    Compiled at first use with grpcio-tools' protoc into a descriptor set (in a temporary
-    file, removed at once), loaded into a private descriptor pool: no generated module is
-    written anywhere or imported, and the global pool is untouched. Unsupported when
+    Compiled at first use with grpcio-tools' protoc into a descriptor set (in memory: a
+    memfd), loaded into a private descriptor pool: no generated module is written anywhere
+    or imported, and the global pool is untouched. Unsupported when
     grpcio-tools or protobuf is missing.
     """
     protoc = _need("grpc_tools.protoc")
@@ -101,15 +97,20 @@ def messages(proto="cri.proto", include=(_PROTO_DIR,)):
     import importlib.resources
 
     well_known = str(importlib.resources.files("grpc_tools") / "_proto")
-    with tempfile.TemporaryDirectory(prefix="cgshim-proto-") as tmp:
-        out = os.path.join(tmp, "set.pb")
+    # The descriptor set goes to a memfd, not a file: the exporter's pod has a read-only
+    # root filesystem and no writable /tmp.
+    fd = os.memfd_create("cgshim-cri-proto", os.MFD_CLOEXEC)
+    try:
         args = ["protoc", f"-I{well_known}", *(f"-I{d}" for d in include),
-                f"--descriptor_set_out={out}", "--include_imports", proto]
+                f"--descriptor_set_out=/proc/self/fd/{fd}", "--include_imports", proto]
         if protoc.main(args) != 0:
             raise CgshimError(f"protoc could not compile {proto} from {', '.join(include)} "
                               "(see the messages above)")
-        with open(out, "rb") as f:
-            fds = descriptor_pb2.FileDescriptorSet.FromString(f.read())
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+    fds = descriptor_pb2.FileDescriptorSet.FromString(data)
     pool = descriptor_pool.DescriptorPool()
     for file_proto in fds.file:
         pool.Add(file_proto)

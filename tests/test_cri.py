@@ -432,3 +432,42 @@ def test_serve_labels_series_as_kubelet_does(runtime):
         assert served.close() == 0
         for pod in (web, db):
             daemon.remove_pod(pod["sandbox"])
+
+
+def test_top_and_probe_name_pods_and_containers(runtime):
+    """``top --runtime-endpoint`` shows namespace/pod/container instead of the path of a
+    cgroup the runtime knows; the probe says who answers, or why not."""
+    import json
+    import subprocess
+    import sys
+
+    daemon, cgroups = runtime
+    tag = ctrd.new_uid()[:8]
+    pod = make_pod(daemon, cgroups, LAYOUTS[1][1], f"top-{tag}", [("app", SLEEP)])
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo)
+
+    def cgshim(*args):
+        return subprocess.run([sys.executable, "-m", "cgshim", *args], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    try:
+        root = os.path.join(_cgroup_root(), "kubepods")
+        res = cgshim("top", "--once", "--json", "--root", root,
+                     "--runtime-endpoint", daemon.endpoint)
+        assert res.returncode == 0, res.stderr
+        rows = {os.path.relpath(r["path"], _cgroup_root()): r["name"]
+                for r in json.loads(res.stdout)["cgroups"]}
+        parent = pod["parent"].lstrip("/")
+        assert rows[parent] == f"{NS}/top-{tag}"
+        assert rows[f"{parent}/{pod['containers']['app']}"] == f"{NS}/top-{tag}/app"
+        assert rows[f"{parent}/{pod['sandbox']}"] == f"{NS}/top-{tag} (sandbox)"
+        assert rows["kubepods/besteffort"] == "/kubepods/besteffort"  # no pod's: the path
+
+        res = cgshim("probe", "--json", "--runtime-endpoint", daemon.endpoint)
+        rt = json.loads(res.stdout)["runtime"]
+        assert rt["ok"] and rt["runtime"].startswith("containerd ") and rt["pods"] >= 1, rt
+        res = cgshim("probe", "--runtime-endpoint", f"unix://{daemon.base}/absent.sock")
+        assert "does not answer" in res.stdout and "path-only labels" in res.stdout, res.stdout
+    finally:
+        daemon.remove_pod(pod["sandbox"])

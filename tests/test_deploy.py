@@ -200,3 +200,44 @@ def test_scrape_config_targets_the_daemonset(daemonset, container):
     off = copy.deepcopy(template)
     off["metadata"]["annotations"]["prometheus.io/scrape"] = "false"
     assert relabel(discovered(off), configs) is None
+
+
+def opt_in_runtime():
+    """The DaemonSet's commented opt-in block for --runtime-endpoint, as a dict."""
+    with open(os.path.join(DEPLOY, "daemonset.yaml")) as f:
+        text = f.read()
+    block = text.split("# OPT-IN BEGIN\n", 1)[1].split("# OPT-IN END", 1)[0]
+    return yaml.safe_load("\n".join(line[2:] for line in block.splitlines()))
+
+
+def with_runtime(daemonset):
+    """The DaemonSet with the opt-in applied as its comments say."""
+    opt = opt_in_runtime()
+    ds = copy.deepcopy(daemonset)
+    pod = ds["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    c["command"] = c["command"] + opt["args"]
+    c["volumeMounts"].append(opt["volumeMount"])
+    pod["volumes"].append(opt["volume"])
+    pod["securityContext"]["supplementalGroups"] = opt["supplementalGroups"]
+    return ds
+
+
+@pytest.mark.parametrize("version", versions())
+def test_runtime_opt_in_validates_and_stays_minimal(daemonset, version):
+    """The opt-in validates strictly; it mounts the socket file alone (type Socket, never a
+    directory), keeps the pod non-root without capabilities, and names an endpoint serve
+    accepts at the path where the socket is mounted."""
+    ds = with_runtime(daemonset)
+    kv.validate(ds, version, strict=True)
+    pod = ds["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    volume = {v["name"]: v for v in pod["volumes"]}["cri-socket"]
+    assert volume["hostPath"]["type"] == "Socket"
+    mount = {m["name"]: m for m in c["volumeMounts"]}["cri-socket"]
+    assert mount["readOnly"] is True
+    args = exporter.add_arguments(argparse.ArgumentParser()).parse_args(c["command"][4:])
+    assert args.runtime_endpoint == "unix://" + mount["mountPath"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert not c["securityContext"].get("privileged")

@@ -6,6 +6,7 @@ Subcommands::
     cgshim load PATH... [--recursive] [--json]
     cgshim taskstats PID [--tgid] [--json]
     cgshim top [--interval S] [--root PATH]... [--sort KEY] [--once | --iterations N] [--json]
+               [--runtime-endpoint EP]
     cgshim serve [--listen HOST:PORT] [--interval S] [--root PATH]... [--runtime-endpoint EP]
 
 Exit status: 0 success; 1 a reading failed (a cgshim error; for the probe: no load reading
@@ -23,7 +24,9 @@ JSON (``--json``), stable keys:
   "python" | "pyroute2" | null), reason (why not, or why not the C core), cgroup_versions}]
   in the Reader's default chain order; ``own_cgroup``: [{hierarchy ("cpu" | "cgroup2"), cgroup (the name in
   /proc/self/cgroup), directory, ok, load: LOAD|null, error}]; ``readings`` (how many
-  own_cgroup entries produced a reading). Every check has ``ok`` and ``error`` (null when ok).
+  own_cgroup entries produced a reading); with ``--runtime-endpoint``, ``runtime``: {ok,
+  endpoint, runtime ("name version (CRI v1)"), pods, containers, error}. Every check has
+  ``ok`` and ``error`` (null when ok).
 - load: ``readings``: [{path (as given), ok, load: LOAD|null, error, error_type}].
 - taskstats: every struct taskstats field by its kernel name (null when the kernel did not
   send it; ``*_delay_max_ts`` as {tv_sec, tv_nsec}) and ``payload_size``.
@@ -311,6 +314,13 @@ def print_probe(r, out):
             w(f"    pressure: {_fmt_pressure(load['pressure'])}\n")
         else:
             w(f"{head}\n    no reading: {e['error']}\n")
+    rt = r.get("runtime")
+    if rt is not None:
+        if rt["ok"]:
+            w(f"runtime:           {rt['runtime']} at {rt['endpoint']}: {rt['pods']} pods, "
+              f"{rt['containers']} containers and sandboxes (read-only CRI calls)\n")
+        else:
+            w(f"runtime:           {rt['endpoint']} does not answer: {rt['error']}\n")
     w(f"load readings:     {r['readings']}\n")
 
 
@@ -322,8 +332,31 @@ def _default_reason(load):
     return "thread states unavailable"
 
 
+def probe_runtime(endpoint, timeout=2.0) -> dict:
+    """The runtime check of ``probe --runtime-endpoint``: one refresh of a
+    :class:`cgshim.cri.IdentityCache` (read-only CRI calls, each bounded by ``timeout``)."""
+    entry = {"ok": False, "endpoint": endpoint, "runtime": None, "pods": 0, "containers": 0,
+             "error": None}
+    try:
+        from cgshim.cri import IdentityCache
+
+        cache = IdentityCache(endpoint, timeout=timeout)
+        try:
+            cache.refresh()
+            st = cache.status()
+        finally:
+            cache.stop()
+        entry.update(ok=st.ok, runtime=st.runtime, pods=st.pods, containers=st.containers,
+                     error=None if st.ok else f"{st.error}; series would carry path-only labels")
+    except Exception as exc:  # noqa: BLE001 -- the probe reports, never dies
+        entry["error"] = _error_fields(exc)["error"]
+    return entry
+
+
 def cmd_probe(args, out):
     r = probe()
+    if getattr(args, "runtime_endpoint", None):
+        r["runtime"] = probe_runtime(args.runtime_endpoint)
     if args.json:
         out.write(json.dumps(r, indent=2) + "\n")
     else:
@@ -412,7 +445,7 @@ def cmd_top(args, out):
 
     iterations = 1 if args.once else args.iterations
     return top.run(args.root, interval=args.interval, sort=args.sort, iterations=iterations,
-                   json=args.json)
+                   json=args.json, runtime_endpoint=args.runtime_endpoint)
 
 
 def cmd_serve(args, out):
@@ -479,7 +512,11 @@ def build_parser():
             sp.add_argument("--json", action="store_true", help="print JSON (stable keys)")
         return sp
 
-    add("probe", cmd_probe, "what this host offers, and a reading of this process's own cgroup")
+    sp = add("probe", cmd_probe,
+             "what this host offers, and a reading of this process's own cgroup")
+    sp.add_argument("--runtime-endpoint", type=exporter._endpoint, metavar="ENDPOINT",
+                    help="also check the container runtime's CRI socket "
+                    "(unix:///run/containerd/containerd.sock): who answers, pods and containers")
 
     sp = add("load", cmd_load, "task counts and CPU pressure of cgroups")
     sp.add_argument("paths", nargs="+", metavar="PATH",
@@ -504,6 +541,10 @@ def build_parser():
     group.add_argument("--once", action="store_true", help="one refresh, then exit")
     group.add_argument("--iterations", "-n", type=_positive_int, metavar="N",
                        help="exit after N refreshes")
+    sp.add_argument("--runtime-endpoint", type=exporter._endpoint, metavar="ENDPOINT",
+                    help="container runtime's CRI socket (unix:///run/containerd/containerd.sock):"
+                    " show namespace/pod/container instead of the cgroup path when known "
+                    "(read-only calls; needs pip install 'cgshim[k8s]')")
 
     sp = add("serve", cmd_serve, "Prometheus exporter of cgroup load (cAdvisor's metric names)",
              json_flag=False)

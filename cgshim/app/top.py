@@ -15,6 +15,13 @@ cAdvisor-style smoothed nr_running, :class:`cgshim.load.LoadTracker` over the re
 (``CpuLoad.source``: netlink, scan or psi). ``-`` marks a figure that does not exist
 (a psi-only reading, a cgroup without cpu.pressure).
 
+With ``runtime_endpoint`` (``--runtime-endpoint unix:///run/containerd/containerd.sock``) the
+CGROUP column shows a pod's or container's Kubernetes name instead of its path when the
+runtime knows it (:class:`cgshim.cri.IdentityCache`, read-only CRI calls): ``namespace/pod``
+for a pod cgroup, ``namespace/pod/container`` for a container, ``namespace/pod (sandbox)``
+for the sandbox (pause) container; ``path`` stays the cgroup directory. The cache is filled
+once before the first frame (bounded by its timeout) and refreshed by its own thread.
+
 One :class:`cgshim.reader.Reader` and one :class:`cgshim.load.Sampler` serve the session;
 each refresh takes one sample on the calling thread, so the load average advances exactly
 once per displayed frame.
@@ -179,8 +186,9 @@ class _Quit(Exception):
 class _Session:
     """The reader, sampler and cgroup discovery behind one ``top`` run."""
 
-    def __init__(self, roots, interval):
+    def __init__(self, roots, interval, runtime_endpoint=None):
         self.reader = Reader()
+        self.identity = None
         try:
             hier = self.reader.hierarchy
             if not roots:
@@ -191,6 +199,12 @@ class _Session:
             for root in roots:
                 resolved = _resolve(root, hier)
                 self.roots.append((resolved.path, resolved.name))
+            if runtime_endpoint is not None:
+                from cgshim.cri import IdentityCache
+
+                self.identity = IdentityCache(runtime_endpoint)
+                self.identity.refresh()  # names in the first frame; a failure is shown
+                self.identity.start()
         except BaseException:
             self.reader.close()
             raise
@@ -200,7 +214,11 @@ class _Session:
         self.sampler = Sampler(self.reader, self._discover, interval, on_error=self._on_error)
 
     def close(self):
-        self.reader.close()
+        try:
+            if self.identity is not None:
+                self.identity.stop()
+        finally:
+            self.reader.close()
 
     def _discover(self):
         """Every root and its descendants; a root that fails is reported, not fatal."""
@@ -214,6 +232,8 @@ class _Session:
             for path in found:
                 rel = os.path.relpath(path, top)
                 names[path] = top_name if rel == "." else (top_name.rstrip("/") + "/" + rel)
+                if self.identity is not None:
+                    names[path] = kube_name(names[path], self.identity) or names[path]
                 paths.append(path)
         self.names, self.walk_errors = names, errors
         return paths
@@ -233,9 +253,32 @@ class _Session:
 
     def status(self):
         errs = self.walk_errors + [f"{p}: {e}" for p, e in self.read_errors.items()]
+        if self.identity is not None and not self.identity.status().ok:
+            from cgshim.cri import describe_status
+
+            errs.append(describe_status(self.identity.status()))
         if not errs:
             return ""
         return f"{len(errs)} error(s); latest: {errs[-1]}"
+
+
+def kube_name(cgroup_name, identity):
+    """``namespace/pod[/container]`` (or ``namespace/pod (sandbox)``) for a pod or container
+    cgroup the runtime knows, else None. ``identity``: a :class:`cgshim.cri.IdentityCache`."""
+    from cgshim import k8s
+
+    parsed = k8s.parse_cgroup(cgroup_name)
+    if parsed is None:
+        return None
+    if parsed.container_id is None:
+        who = identity.pod(parsed.pod_uid)
+        return None if who is None or not who.pod else f"{who.namespace}/{who.pod}"
+    who = identity.container(parsed.container_id)
+    if who is None or not who.pod:
+        return None
+    if not who.container:
+        return f"{who.namespace}/{who.pod} (sandbox)"
+    return f"{who.namespace}/{who.pod}/{who.container}"
 
 
 def _plain(session, sort, interval, iterations, as_json, out):
@@ -346,7 +389,7 @@ def _curses(session, sort, interval, iterations):
 
 
 def run(roots=None, *, interval: float = 1.0, sort: str = "load", iterations: int | None = None,
-        json: bool = False, out=None) -> int:
+        json: bool = False, out=None, runtime_endpoint: str | None = None) -> int:
     """Run the view until q / Ctrl-C / SIGTERM, or for ``iterations`` refreshes; returns the
     exit status (0). A root that does not resolve raises its CgshimError before anything is
     drawn. ``out`` (default sys.stdout) is where plain and JSON output goes."""
@@ -357,7 +400,7 @@ def run(roots=None, *, interval: float = 1.0, sort: str = "load", iterations: in
     if iterations is not None and iterations < 1:
         raise ValueError(f"iterations must be >= 1, not {iterations!r}")
     out = sys.stdout if out is None else out
-    session = _Session(list(roots or ()), interval)
+    session = _Session(list(roots or ()), interval, runtime_endpoint)
 
     def on_term(signum, frame):
         raise _Quit()
