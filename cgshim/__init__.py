@@ -23,6 +23,7 @@ from cgshim.model import BackendStatus, CpuLoad, TaskCounts
 from cgshim.kernel.netlink import taskstats
 from cgshim.kernel.psi import Pressure, PressureLine
 from cgshim.reader import Reader, backends, get_cpu_load
+from cgshim.runnable import RunnableAverage
 from cgshim.kernel.taskstats import TaskStats
 
 __version__ = "0.1.0"
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendStatus", "CgroupNotFound", "CgshimError", "CpuLoad", "FamilyNotFound", "Hierarchy",
     "KernelError", "LoadTracker", "MalformedReply", "Mount", "NetlinkError", "NetlinkTimeout", "NotACgroup", "ParseError",
-    "PermissionDenied", "Pressure", "PressureLine", "Reader", "Sampler", "TaskCounts",
+    "PermissionDenied", "Pressure", "PressureLine", "Reader", "RunnableAverage", "Sampler",
+    "TaskCounts",
     "TaskStats", "Unsupported", "backends", "get_cpu_load", "hierarchy", "taskstats",
 ]
