@@ -17,6 +17,10 @@ Thread kinds a worker can hold (kernel >= 6.1 task states in brackets):
 
 A worker that is not busy keeps its main thread in a pipe read (S, counted).
 ``Worker.stop()`` sends SIGSTOP: every thread goes to T.
+
+:meth:`Testbed.periodic` starts a :class:`PeriodicWorker` instead: one thread busy by wall
+clock for a fraction of every period, which records its own runnable intervals (the designed
+workloads of the exact-load tests).
 """
 import errno
 import itertools
@@ -65,6 +69,44 @@ if spec["busy"]:
         pass
 else:
     os.read(0, 1)
+"""
+
+_PERIODIC = r"""
+import ctypes, json, os, sys, time
+duty, period, phase, seconds = (float(a) for a in sys.argv[1:5])
+# Timer slack 1 ns (prctl PR_SET_TIMERSLACK = 29): wake when the period begins, not up to
+# 50 us later, so the measured runnable intervals start where the kernel's do.
+ctypes.CDLL(None, use_errno=True).prctl(29, 1, 0, 0, 0)
+sys.stdout.write(json.dumps({"tid": os.getpid()}) + "\n")
+sys.stdout.flush()
+# "go" with the schedule's start on CLOCK_MONOTONIC (one clock for every process), sent
+# once the process is in its cgroup
+now = time.monotonic
+t0 = float(sys.stdin.readline()) + phase * period
+stop = t0 + seconds
+intervals = []
+n = 0
+prev_end = now()
+if t0 > prev_end:
+    time.sleep(t0 - prev_end)
+while True:
+    start = t0 + n * period
+    if start >= stop:
+        break
+    deadline = start + duty * period
+    while now() < deadline:
+        pass
+    end = now()
+    # Runnable from the period's start (the timer's expiry wakes it; a late wake is time
+    # waiting for a CPU) or from the previous end if it overran into this period.
+    intervals.append((max(start, prev_end), end))
+    prev_end = end
+    n += 1
+    nxt = t0 + n * period
+    if nxt > end:
+        time.sleep(nxt - end)
+sys.stdout.write(json.dumps({"intervals": intervals}) + "\n")
+sys.stdout.flush()
 """
 
 # The /proc state letter each kind settles in (field 3 of /proc/<pid>/task/<tid>/stat).
@@ -220,6 +262,21 @@ class Testbed:
         with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
             f.write(str(worker.pid))
 
+    def periodic(self, duty, period, *, cgroup, phase=0.0, seconds=10.0):
+        """Start a :class:`PeriodicWorker` (busy ``duty`` of every ``period`` s, its schedule
+        shifted by ``phase`` periods) and move it into ``cgroup``; call ``go()`` to start it."""
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _PERIODIC, repr(duty), repr(period), repr(phase),
+             repr(seconds)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        line = proc.stdout.readline()
+        worker = PeriodicWorker(proc, json.loads(line)["tid"] if line else proc.pid, duty, period)
+        self.workers.append(worker)
+        if not line:
+            raise TestbedError(f"periodic worker {proc.pid} died before starting")
+        self.move(worker, cgroup)
+        return worker
+
     def close(self):
         errors = []
         for worker in self.workers:
@@ -243,3 +300,43 @@ class Testbed:
         self._cgroups.clear()
         if errors:
             raise TestbedError(f"cleanup left things behind: {errors}")
+
+
+class PeriodicWorker(Worker):
+    """A one-thread process busy by wall clock for ``duty`` of every ``period`` seconds: it
+    spins until a deadline, then sleeps to the next period, for ``seconds`` from the start
+    :meth:`go` gives it.
+    So it is runnable (on a CPU or waiting for one) for ``duty`` of the time by design, more
+    when contention makes it notice its deadline late. :meth:`intervals` gives the runnable
+    intervals it measured itself (CLOCK_MONOTONIC), from the period's start or the previous
+    overrun to the moment it saw its deadline pass, after it has finished."""
+
+    def __init__(self, proc, tid, duty, period):
+        super().__init__(proc, {tid: "periodic"})
+        self.duty, self.period = duty, period
+        self._intervals = None
+
+    def expected_states(self):  # runs a schedule; no fixed state to settle in
+        return {}
+
+    def go(self, start_at=None):
+        """Start the schedule at ``start_at`` (time.monotonic(); default now): period n of
+        this worker begins at start_at + (n + phase) * period."""
+        start_at = time.monotonic() if start_at is None else start_at
+        self.proc.stdin.write(b"%r\n" % float(start_at))
+        self.proc.stdin.flush()
+
+    def intervals(self, timeout=120.0):
+        """Wait for the schedule to end; its runnable intervals [(start, end), ...]."""
+        if self._intervals is None:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise TestbedError(f"periodic worker {self.pid} ended without its intervals")
+            self._intervals = [tuple(i) for i in json.loads(line)["intervals"]]
+            self.proc.wait(timeout)
+        return self._intervals
+
+    def runnable_seconds(self, t0, t1):
+        """Seconds of [t0, t1] it measured itself runnable."""
+        return sum(max(0.0, min(b, t1) - max(a, t0)) for a, b in self.intervals())
+

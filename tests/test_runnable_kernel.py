@@ -1,0 +1,212 @@
+"""Exact load on the real kernel (root): designed workloads with a known answer, counters that
+stay monotonic through thread exits, creation and migration, and a reused tid.
+
+The workloads: k processes in one cgroup, each busy by wall clock for a fraction d_i of every
+period (spin until a deadline, then sleep to the next period): runnable (on a CPU or waiting
+for one) for d_i of the time, so the exact runnable average is Σ d_i. On a shared machine
+contention makes a spinner notice its deadline late and stay runnable past its design, so
+each worker also measures its own runnable intervals (from the period's start to the moment
+it saw its deadline pass) and the assertion compares the kernel's figure with that measured
+demand; the designed Σ d_i is printed beside it.
+"""
+import math
+import os
+import threading
+import time
+
+import pytest
+
+from cgshim.kernel import cgroupfs
+from cgshim.kernel.schedstat import boot_ticks, read_thread, read_threads
+from cgshim.kernel.threadstat import Scanner
+from cgshim.load import LoadTracker
+from cgshim.runnable import RunnableTracker
+
+WINDOW = 10.0  # seconds of each designed-workload measurement
+TOLERANCE = 0.03
+
+
+class _CgroupClocks:
+    """Reads cgroups' cumulative runnable/runqueue seconds through one tracker."""
+
+    def __init__(self):
+        self.tracker = RunnableTracker()
+
+    def read(self, cgroup):
+        t = time.monotonic()
+        ticks = boot_ticks()
+        with open(os.path.join(cgroup, "cgroup.threads"), "rb") as f:
+            tids = dict.fromkeys(cgroupfs.parse_thread_list(f.read()))
+        clocks = [(c.tid, c.starttime, c.run_ns, c.wait_ns) for c in read_threads(tids)]
+        run, wait = self.tracker.account(cgroup, clocks, ticks)
+        return t, (run + wait) / 1e9, wait / 1e9
+
+
+def _nr_cpus():
+    return len(os.sched_getaffinity(0))
+
+
+def _designed_run(testbed, workers, note, quiet=None):
+    """Start ``workers`` [(duty, period, phase)] in one cgroup on one schedule, measure a
+    WINDOW and return (exact average, runqueue average, measured demand, designed demand).
+
+    ``quiet``: a phase of the (common) period at which every worker is meant to sleep; the
+    window's two reads are taken there. A thread waiting for a CPU at a read has its wait so
+    far credited only when it next runs (sched_info_arrive), which would shift up to one wait
+    per thread across the window's edges; at a quiet phase there is none to shift.
+    cAdvisor's view is printed beside: one nr_running sample a second, smoothed."""
+    cg = testbed.cgroup(2)
+    clocks = _CgroupClocks()
+    period = workers[0][1]
+    procs = [testbed.periodic(d, p, cgroup=cg, phase=ph, seconds=WINDOW + 3.0) for d, p, ph in workers]
+    start = time.monotonic() + 0.2
+    for w in procs:
+        w.go(start)
+    first = start + 1.0  # every schedule under way
+    if quiet is not None:
+        first = start + (math.ceil((first - start) / period) + quiet) * period
+    last = first + round(WINDOW / period) * period
+    _sleep_until(first)
+    t0, run0, wait0 = clocks.read(cg)
+    samples = []
+    with Scanner() as scanner:
+        for i in range(int(WINDOW)):  # a phase of 0.3 s past each read instant, every second
+            _sleep_until(first + i + 0.3)
+            samples.append(scanner.scan_file(os.path.join(cg, "cgroup.threads")).nr_running)
+    _sleep_until(last)
+    t1, run1, wait1 = clocks.read(cg)
+    measured = sum(w.runnable_seconds(t0, t1) for w in procs) / (t1 - t0)
+    exact = (run1 - run0) / (t1 - t0)
+    runqueue = (wait1 - wait0) / (t1 - t0)
+    designed = sum(d for d, _, _ in workers)
+    ewma = LoadTracker(1.0)
+    for s in samples:
+        ewma.update(s)
+    print(f"\n{note}: exact {exact:.3f} (runqueue {runqueue:.3f}), measured demand "
+          f"{measured:.3f}, designed {designed:.3f}; cAdvisor 1 s samples {samples} -> "
+          f"EWMA {ewma.load_average:.3f}")
+    return exact, runqueue, measured, designed
+
+
+def _sleep_until(t):
+    while True:
+        left = t - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(left)
+
+
+def _check(exact, measured):
+    assert exact == pytest.approx(measured, rel=TOLERANCE), (
+        f"exact runnable average {exact:.3f} is not within {TOLERANCE:.0%} of the demand the "
+        f"workers measured ({measured:.3f})")
+
+
+def test_three_at_half_of_one_second(testbed):
+    exact, _, measured, designed = _designed_run(
+        testbed, [(0.5, 1.0, 0.0)] * 3, "3 x 50% of 1 s, in phase", quiet=0.8)
+    _check(exact, measured)
+    assert measured >= designed * 0.99  # a worker can overrun its design, never underrun it
+
+
+def test_four_always_spinning_on_two_cores_shows_the_wait(testbed):
+    ncpu = _nr_cpus()
+    exact, runqueue, measured, designed = _designed_run(
+        testbed, [(1.0, 1.0, 0.0)] * 4, f"4 x 100% on {ncpu} cores")
+    _check(exact, measured)
+    assert measured == pytest.approx(4.0, rel=0.01)  # always spinning: runnable by design
+    # At most ncpu of them run at any instant, so the rest of the runnable time is waiting.
+    assert runqueue >= (exact - ncpu) * (1 - TOLERANCE)
+    assert runqueue <= exact
+
+
+def test_five_at_thirty_percent_of_130_ms(testbed):
+    exact, _, measured, designed = _designed_run(
+        testbed, [(0.3, 0.13, 0.0)] * 5, "5 x 30% of 130 ms, in phase", quiet=0.85)
+    _check(exact, measured)
+    assert measured >= designed * 0.99
+
+
+def test_counters_stay_monotonic_through_exits_creation_and_migration(testbed):
+    """Two cgroups read back to back for ~3 s while a spinner migrates between them every
+    ~50 ms and short-lived spinning processes are created in A and exit. Each counter never
+    goes down; together they hold the migrating spinner's whole time (it is always
+    runnable, and a move loses nothing), and never more than every thread could have had."""
+    a, b = testbed.cgroup(2), testbed.cgroup(2)
+    clocks = _CgroupClocks()
+    mover = testbed.spawn(busy=True, cgroups=(a,))
+    readings = {a: [clocks.read(a)], b: [clocks.read(b)]}
+    stop = threading.Event()
+    max_threads = [1]
+
+    def churn():
+        where = a
+        while not stop.is_set():
+            where = b if where == a else a
+            testbed.move(mover, where)
+            short = testbed.spawn(busy=True, cgroups=(a,), settle=False)
+            max_threads[0] = max(max_threads[0], 2)
+            time.sleep(0.05)
+            short.kill()
+            testbed.workers.remove(short)
+
+    t = threading.Thread(target=churn, daemon=True)
+    t.start()
+    try:
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:
+            for cg in (a, b):
+                readings[cg].append(clocks.read(cg))
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        t.join(30)
+    assert not t.is_alive()
+    for cg in (a, b):
+        seq = readings[cg]
+        for before, after in zip(seq, seq[1:]):
+            assert after[1] >= before[1] and after[2] >= before[2], (cg, before, after)
+    t_first = min(readings[a][0][0], readings[b][0][0])
+    t_last = max(readings[a][-1][0], readings[b][-1][0])
+    gained = readings[a][-1][1] + readings[b][-1][1] - readings[a][0][1] - readings[b][0][1]
+    elapsed = t_last - t_first
+    # the mover alone: ~elapsed, less the wait still in progress at the end (a few ms)
+    assert gained >= elapsed * 0.95, (gained, elapsed)
+    assert gained <= elapsed * (max_threads[0] + 0.05), (gained, elapsed)
+
+
+def _set_last_pid(pid):
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write(str(pid))
+
+
+def test_a_reused_tid_is_a_new_thread(testbed):
+    """A spinning process is read, killed, and its pid given to a new (sleeping) process in
+    the same cgroup with ns_last_pid: the next read adds exactly the new process's own
+    clocks (it started since the last read), nothing of the old one's, and never makes the
+    counter go down."""
+    cg = testbed.cgroup(2)
+    clocks = _CgroupClocks()
+    for _attempt in range(30):
+        old = testbed.spawn(busy=True, cgroups=(cg,))
+        clocks.read(cg)
+        time.sleep(0.2)  # the old one gathers clocks the new one will not have
+        _, before, _ = clocks.read(cg)
+        old_clock = read_thread(old.pid)
+        pid = old.pid
+        old.kill()
+        testbed.workers.remove(old)
+        _set_last_pid(pid - 1)
+        new = testbed.spawn(cgroups=(cg,))  # main thread in a pipe read: S, clocks still
+        if new.pid != pid:  # another fork on the machine took the pid first: again
+            new.kill()
+            testbed.workers.remove(new)
+            continue
+        _, after, _ = clocks.read(cg)
+        new_clock = read_thread(new.pid)
+        assert new_clock.starttime != old_clock.starttime
+        assert old_clock.run_ns > new_clock.run_ns + new_clock.wait_ns  # else no test
+        assert after - before == pytest.approx((new_clock.run_ns + new_clock.wait_ns) / 1e9,
+                                               abs=2e-3)
+        return
+    pytest.fail("could not get the same pid back in 30 attempts")
