@@ -26,6 +26,7 @@ import time
 import attrs
 
 from cgshim.errors import CgroupNotFound, CgshimError
+from cgshim.runnable import RunnableAverage
 
 __all__ = ["LoadTracker", "Sample", "Sampler", "milli_load"]
 
@@ -145,6 +146,12 @@ class Sample:
     task counts has been taken (a PSI-only reading has ``nr_running`` None and leaves them
     unchanged). ``samples`` counts the tracker's updates, ``errors`` the failed readings of
     this path so far.
+
+    Exact load (:class:`cgshim.RunnableAverage` over the readings' ``runnable_seconds``):
+    ``runnable`` / ``runqueue`` the exact average number of runnable / waiting threads
+    between the last two readings, ``load1``/``load5``/``load15`` the cgroup-local kernel
+    load averages; None where the backend gives no runnable time (netlink, psi), and
+    ``runnable``/``runqueue`` also until the second such reading.
     """
 
     path: str
@@ -155,6 +162,11 @@ class Sample:
     milli_load_d: int | None
     samples: int
     errors: int
+    runnable: float | None = None
+    runqueue: float | None = None
+    load1: float | None = None
+    load5: float | None = None
+    load15: float | None = None
 
 
 class Sampler:
@@ -170,6 +182,8 @@ class Sampler:
     - a reading with task counts updates that path's :class:`LoadTracker` (created on its first
       reading); one whose ``nr_running`` or ``nr_uninterruptible`` is None (a PSI-only source)
       replaces the latest reading but leaves the averages unchanged;
+    - a reading with ``runnable_seconds`` (exact load) updates that path's
+      :class:`cgshim.RunnableAverage`;
     - :class:`~cgshim.errors.CgroupNotFound` drops the path with its tracker and error count; a
       fixed path set then stops polling it for good, a callable may return it again later and it
       starts afresh (a new cgroup under an old name is a new container);
@@ -205,6 +219,7 @@ class Sampler:
         self._lock = threading.Lock()  # guards _trackers, _latest, _errors, _paths
         self._tick_lock = threading.Lock()  # one sample_once at a time
         self._trackers = {}
+        self._runnable = {}  # path -> RunnableAverage (readings with runnable_seconds)
         self._latest = {}
         self._errors = {}
         self._stop_event = threading.Event()
@@ -241,6 +256,7 @@ class Sampler:
             out = {}
             for path, cpu_load in self._latest.items():
                 tracker = self._trackers.get(path)
+                exact = self._runnable.get(path)
                 out[path] = Sample(
                     path=path,
                     cpu_load=cpu_load,
@@ -250,6 +266,11 @@ class Sampler:
                     milli_load_d=tracker.milli_load_d if tracker else None,
                     samples=tracker.samples if tracker else 0,
                     errors=self._errors.get(path, 0),
+                    runnable=exact.runnable if exact else None,
+                    runqueue=exact.runqueue if exact else None,
+                    load1=exact.load1 if exact else None,
+                    load5=exact.load5 if exact else None,
+                    load15=exact.load15 if exact else None,
                 )
             return out
 
@@ -318,6 +339,7 @@ class Sampler:
     def _forget(self, path):
         """Drop a path's state; caller holds self._lock."""
         self._trackers.pop(path, None)
+        self._runnable.pop(path, None)
         self._latest.pop(path, None)
         self._errors.pop(path, None)
 
@@ -354,3 +376,11 @@ class Sampler:
                     if tracker is None:
                         tracker = self._trackers[path] = LoadTracker(self._interval)
                     tracker.update(running, blocked)
+                runnable_s = getattr(reading, "runnable_seconds", None)
+                if runnable_s is not None:
+                    exact = self._runnable.get(path)
+                    if exact is None:
+                        exact = self._runnable[path] = RunnableAverage()
+                    if exact.timestamp is None or reading.timestamp > exact.timestamp:
+                        exact.update(reading.timestamp, runnable_s, reading.runqueue_seconds,
+                                     blocked or 0)

@@ -66,6 +66,14 @@ class CpuLoad:
 
     nr_running and nr_stopped mean the same on every backend (what the load average
     is built from). ``reason`` says why a preferred backend was not used, or is None.
+
+    ``runnable_seconds`` and ``runqueue_seconds`` (exact load, :mod:`cgshim.runnable`):
+    counters kept by the Reader, in seconds, of the time the cgroup's own threads spent
+    runnable (on a CPU or waiting for one: Σ sum_exec_runtime + run_delay) and waiting on
+    a runqueue (Σ run_delay), since this Reader's first reading of the cgroup. They never
+    go down for the life of the Reader; Δ/Δt between two readings is the exact average
+    number of runnable (waiting) threads (:class:`cgshim.RunnableAverage`). None where the
+    backend cannot see the threads' clocks (netlink, psi) and for recursive readings.
     """
 
     path: str
@@ -80,6 +88,8 @@ class CpuLoad:
     timestamp: float
     reason: "str | None" = None
     implementation: "str | None" = None
+    runnable_seconds: "float | None" = None
+    runqueue_seconds: "float | None" = None
 
     @property
     def counts(self) -> "TaskCounts | None":

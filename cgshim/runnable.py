@@ -257,6 +257,11 @@ class RunnableAverage:
                 f"load1={self.load1:.2f}, load5={self.load5:.2f}, load15={self.load15:.2f})")
 
     @property
+    def timestamp(self):
+        """The timestamp of the last reading taken (None before the first)."""
+        return self._t
+
+    @property
     def running(self):
         """Average threads on a CPU between the last two readings (None until two)."""
         if self.runnable is None:

@@ -61,13 +61,13 @@ def test_format_table_fits_width(rows, width):
 
 
 def test_format_table_cells():
-    rows = [Row("/kubepods/pod1/" + "c" * 80, "/x", 3, 7, 1, 2.5, 12.345, "scan"),
+    rows = [Row("/kubepods/pod1/" + "c" * 80, "/x", 3, 7, 1, 2.5, 12.345, "scan", exact=1.504),
             Row("/short", "/y", None, None, None, None, None, "psi")]
     header, long, short = format_table(rows, 100)
-    assert header.split() == ["CGROUP", "RUN", "SLEEP", "D", "LOAD", "PSI10", "BACKEND"]
-    assert long.split()[1:] == ["3", "7", "1", "2.50", "12.35", "scan"]
+    assert header.split() == ["CGROUP", "RUN", "SLEEP", "D", "LOAD", "EXACT", "PSI10", "BACKEND"]
+    assert long.split()[1:] == ["3", "7", "1", "2.50", "1.50", "12.35", "scan"]
     assert long.startswith("..") and long.split()[0].endswith("c" * 20)  # the tail is kept
-    assert short.split() == ["/short", "-", "-", "-", "-", "-", "psi"]
+    assert short.split() == ["/short", "-", "-", "-", "-", "-", "-", "psi"]
     assert all(len(line) <= 100 for line in (header, long, short))
 
 

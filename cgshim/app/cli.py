@@ -31,12 +31,13 @@ JSON (``--json``), stable keys:
 - taskstats: every struct taskstats field by its kernel name (null when the kernel did not
   send it; ``*_delay_max_ts`` as {tv_sec, tv_nsec}) and ``payload_size``.
 - top --json: one object per refresh and line: {time, interval, sort, cgroups: [{name,
-  path, running, sleeping, d, load, psi, source, reason}], errors}.
+  path, running, sleeping, d, load, psi, source, reason, exact}], errors}.
 
 LOAD is {path, cgroup_version, source ("netlink" | "scan" | "psi"), implementation
 ("native" | "python" | "pyroute2"), reason, nr_running,
 nr_sleeping, nr_uninterruptible, nr_stopped, nr_io_wait, pressure: PRESSURE|null,
-timestamp (CLOCK_MONOTONIC seconds)}; PRESSURE is {some: LINE, full: LINE|null}, LINE
+timestamp (CLOCK_MONOTONIC seconds), runnable_seconds, runqueue_seconds (exact-load
+counters of this process's Reader, null where the backend reads no thread clocks)}; PRESSURE is {some: LINE, full: LINE|null}, LINE
 {avg10, avg60, avg300 (percent), total_usec}. Counts are null where the backend cannot
 know them (see cgshim.model.CpuLoad).
 """

@@ -16,7 +16,17 @@ metrics/prometheus.go), so existing dashboards and alerts keep working:
   twin in the unified hierarchy). Only where the file exists; ``stalled`` only where the file
   has a ``full`` line (no zero series for absent PSI, unlike cAdvisor).
 
-and two of its own: ``cgshim_load_source{id,source}`` (1 per cgroup; source = netlink | scan |
+exact load (docs/exact-load.md; with the container series' labels, where the backend reads
+threads' schedstat clocks: scan, bpf; not netlink or psi):
+
+- ``cgshim_container_cpu_runnable_seconds_total`` and ``cgshim_container_cpu_runqueue_seconds_total``
+  (counters): time the cgroup's own threads were runnable (run + run_delay) / waiting
+  (run_delay), since the exporter's first reading; ``rate()`` over any window is the exact
+  average number of runnable / waiting threads, where cAdvisor's gauge samples;
+- ``cgshim_container_load1``, ``cgshim_container_load5``, ``cgshim_container_load15`` (gauges):
+  the kernel's load average arithmetic fed with that exact runnable average plus the D count;
+
+and its own: ``cgshim_load_source{id,source}`` (1 per cgroup; source = netlink | scan |
 psi) and ``cgshim_sampling_errors_total{error}`` (failed readings by cgshim error class), plus
 ``cgshim_cgroups`` (cgroups with a reading) and the standard ``process_*`` metrics.
 
@@ -345,6 +355,21 @@ class Exporter:
                 f"container_pressure_{resource}_stalled_seconds_total",
                 f"Total time duration no tasks in the container could make progress due to "
                 f"{word} congestion.", labels=_BASE_LABELS)
+        runnable = CounterMetricFamily(
+            "cgshim_container_cpu_runnable_seconds",
+            "Cumulative time the container's own threads were runnable (on a CPU or waiting "
+            "for one: sum of schedstat run + run_delay), counted by this exporter; rate() is "
+            "the exact average number of runnable threads.", labels=_BASE_LABELS)
+        runqueue = CounterMetricFamily(
+            "cgshim_container_cpu_runqueue_seconds",
+            "Cumulative time the container's own threads waited on a runqueue for a CPU (sum "
+            "of schedstat run_delay), counted by this exporter; rate() is the exact average "
+            "number of waiting threads.", labels=_BASE_LABELS)
+        loadavg = {n: GaugeMetricFamily(
+            f"cgshim_container_load{n}",
+            f"The kernel's {n}-minute load average (calc_load, 5 s steps) of the container's "
+            f"own threads, fed with their exact runnable average plus the D count.",
+            labels=_BASE_LABELS) for n in (1, 5, 15)}
         source = GaugeMetricFamily(
             "cgshim_load_source",
             "1 per cgroup: how its task counts were read (netlink: CGROUPSTATS on cgroup v1, "
@@ -369,6 +394,12 @@ class Exporter:
                 pressure[resource, "some"].add_metric(labels, lines.some.total_usec / 1e6)
                 if lines.full is not None:
                     pressure[resource, "full"].add_metric(labels, lines.full.total_usec / 1e6)
+            if cpu.runnable_seconds is not None:
+                runnable.add_metric(labels, cpu.runnable_seconds)
+                runqueue.add_metric(labels, cpu.runqueue_seconds)
+            if sample.load1 is not None:
+                for n, value in ((1, sample.load1), (5, sample.load5), (15, sample.load15)):
+                    loadavg[n].add_metric(labels, value)
             source.add_metric([labels[0], cpu.source], 1)
         errors = CounterMetricFamily(
             "cgshim_sampling_errors",
@@ -377,7 +408,8 @@ class Exporter:
             errors.add_metric([name], count)
         cgroups = GaugeMetricFamily("cgshim_cgroups", "Cgroups with a current reading.",
                                     value=len(samples))
-        families = [load, load_d, tasks, *pressure.values(), source, errors, cgroups]
+        families = [load, load_d, tasks, *pressure.values(), runnable, runqueue,
+                    *loadavg.values(), source, errors, cgroups]
         if self.identity is not None:
             up = GaugeMetricFamily(
                 "cgshim_runtime_up", "1 if the container runtime answered the last CRI refresh "

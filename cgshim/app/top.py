@@ -11,7 +11,10 @@ come from; PSI of a v1 cgroup is still shown, from its cgroup2 twin when that ex
 Columns: cgroup name (within its hierarchy), RUN / SLEEP / D (nr_running, nr_sleeping,
 nr_uninterruptible of the cgroup's *own* tasks, as CGROUPSTATS counts them), LOAD (the
 cAdvisor-style smoothed nr_running, :class:`cgshim.load.LoadTracker` over the refreshes with
-``--interval`` as its interval), PSI10 (cpu.pressure ``some avg10``, percent) and BACKEND
+``--interval`` as its interval), EXACT beside it (the exact average number of runnable threads
+between the last two refreshes, from the threads' cumulative run + run_delay clocks:
+:class:`cgshim.RunnableAverage`; scan and bpf backends only, ``-`` elsewhere and on the first
+refresh), PSI10 (cpu.pressure ``some avg10``, percent) and BACKEND
 (``CpuLoad.source``: netlink, scan or psi). ``-`` marks a figure that does not exist
 (a psi-only reading, a cgroup without cpu.pressure).
 
@@ -27,7 +30,7 @@ each refresh takes one sample on the calling thread, so the load average advance
 once per displayed frame.
 
 When stdin and stdout are terminals the view is drawn with curses and refreshed in place;
-keys r s d l p n sort by running, sleeping, D, load, PSI, name; q or Ctrl-C (or SIGTERM)
+keys r s d l e p n sort by running, sleeping, D, load, exact, PSI, name; q or Ctrl-C (or SIGTERM)
 quit with the terminal restored and exit status 0. Otherwise (or with ``json=True``) each
 refresh prints one plain table (or one JSON line), for pipes and scripts; ``iterations``
 stops after that many refreshes.
@@ -54,11 +57,13 @@ __all__ = ["SORT_KEYS", "Row", "default_roots", "load_dict", "rows_from_snapshot
            "sort_rows", "format_table", "run"]
 
 #: sort name -> key letter in the curses view
-SORT_KEYS = {"running": "r", "sleeping": "s", "d": "d", "load": "l", "psi": "p", "name": "n"}
+SORT_KEYS = {"running": "r", "sleeping": "s", "d": "d", "load": "l", "exact": "e", "psi": "p",
+             "name": "n"}
 _BY_LETTER = {letter: name for name, letter in SORT_KEYS.items()}
 
 # (title, width) of the numeric columns, after the flexible CGROUP column.
-_COLUMNS = (("RUN", 5), ("SLEEP", 6), ("D", 4), ("LOAD", 7), ("PSI10", 7), ("BACKEND", 8))
+_COLUMNS = (("RUN", 5), ("SLEEP", 6), ("D", 4), ("LOAD", 7), ("EXACT", 7), ("PSI10", 7),
+            ("BACKEND", 8))
 _MIN_NAME = 10
 
 
@@ -75,6 +80,7 @@ class Row:
     psi: float | None
     source: str
     reason: str | None = None
+    exact: float | None = None  # RunnableAverage.runnable
 
 
 def default_roots(hier=None) -> list[str]:
@@ -109,6 +115,8 @@ def load_dict(load) -> dict:
         "nr_io_wait": load.nr_io_wait,
         "pressure": pressure,
         "timestamp": load.timestamp,
+        "runnable_seconds": load.runnable_seconds,
+        "runqueue_seconds": load.runqueue_seconds,
     }
 
 
@@ -121,11 +129,13 @@ def rows_from_snapshot(snapshot: dict, names: dict) -> list[Row]:
         psi = load.pressure.some.avg10 if load.pressure is not None else None
         rows.append(Row(name=names.get(path, path), path=path, running=load.nr_running,
                         sleeping=load.nr_sleeping, d=load.nr_uninterruptible,
-                        load=sample.load_average, psi=psi, source=load.source, reason=load.reason))
+                        load=sample.load_average, psi=psi, source=load.source, reason=load.reason,
+                        exact=getattr(sample, "runnable", None)))
     return rows
 
 
-_ATTR = {"running": "running", "sleeping": "sleeping", "d": "d", "load": "load", "psi": "psi"}
+_ATTR = {"running": "running", "sleeping": "sleeping", "d": "d", "load": "load", "exact": "exact",
+         "psi": "psi"}
 
 
 def sort_rows(rows, key: str = "load") -> list[Row]:
@@ -170,7 +180,7 @@ def format_table(rows, width: int = 100) -> list[str]:
     lines = [header]
     for r in rows:
         cells = (_fmt(r.running, "d"), _fmt(r.sleeping, "d"), _fmt(r.d, "d"),
-                 _fmt(r.load, ".2f"), _fmt(r.psi, ".2f"), r.source)
+                 _fmt(r.load, ".2f"), _fmt(r.exact, ".2f"), _fmt(r.psi, ".2f"), r.source)
         lines.append(_clip_name(r.name, name_w)
                      + "".join(" " + c.rjust(w) for c, (_, w) in zip(cells, _COLUMNS)))
     return [line[:width].rstrip() for line in lines]
