@@ -376,11 +376,11 @@ class Sampler:
                     if tracker is None:
                         tracker = self._trackers[path] = LoadTracker(self._interval)
                     tracker.update(running, blocked)
-                runnable_s = getattr(reading, "runnable_seconds", None)
+                runnable_s = getattr(load, "runnable_seconds", None)
                 if runnable_s is not None:
                     exact = self._runnable.get(path)
                     if exact is None:
                         exact = self._runnable[path] = RunnableAverage()
-                    if exact.timestamp is None or reading.timestamp > exact.timestamp:
-                        exact.update(reading.timestamp, runnable_s, reading.runqueue_seconds,
+                    if exact.timestamp is None or load.timestamp > exact.timestamp:
+                        exact.update(load.timestamp, runnable_s, load.runqueue_seconds,
                                      blocked or 0)
