@@ -176,7 +176,8 @@ LOAD_SCHEMA = {"path": str, "cgroup_version": int, "source": str, "implementatio
                "reason": OPT_STR,
                "nr_running": OPT_INT, "nr_sleeping": OPT_INT, "nr_uninterruptible": OPT_INT,
                "nr_stopped": OPT_INT, "nr_io_wait": OPT_INT, "pressure": (dict, type(None)),
-               "timestamp": float}
+               "timestamp": float, "runnable_seconds": (float, type(None)),
+               "runqueue_seconds": (float, type(None))}
 
 
 @pytest.mark.kernel
