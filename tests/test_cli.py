@@ -343,6 +343,33 @@ def test_load_table(busy_pair):
 
 
 @pytest.mark.kernel
+def test_load_backends_option(busy_pair):
+    """load --backends scan reads v1 by scan; a chain without a v2 backend fails cleanly;
+    an unknown name is a usage error."""
+    v1, v2, _ = busy_pair
+    proc = cli("load", "--backends", "scan", v1, "--json")
+    assert proc.returncode == 0, proc.stderr
+    load = json.loads(proc.stdout)["readings"][0]["load"]
+    assert (load["source"], load["implementation"], load["reason"], load["nr_running"]) == \
+        ("scan", "native", None, 1)
+    assert_clean_failure(cli("load", "--backends", "netlink", v2), 1)
+    usage = cli("load", "--backends", "scan,bogus", v2)
+    assert usage.returncode == 2 and "want distinct names out of netlink" in usage.stderr
+
+
+@pytest.mark.kernel
+def test_load_table_notes_a_reading_without_the_c_core(busy_pair):
+    v1, v2, _ = busy_pair
+    code = ("import sys\nsys.modules['cgshim._native._procscan'] = None\n"
+            "from cgshim.app.cli import main\nsys.exit(main(['load', sys.argv[1]]))\n")
+    proc = subprocess.run([sys.executable, "-c", code, v2], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert table_rows(proc.stdout)[v2]["SOURCE"] == "scan"
+    assert f"note: {v2}: counted by python, not by cgshim's C core" in proc.stdout
+
+
+@pytest.mark.kernel
 def test_load_recursive(testbed):
     parent = testbed.cgroup(2)
     child = testbed.cgroup(2, parent=parent)

@@ -3,7 +3,7 @@
 Subcommands::
 
     cgshim [probe] [--json]                 what this host offers, and a reading of our own cgroup
-    cgshim load PATH... [--recursive] [--json]
+    cgshim load PATH... [--recursive] [--backends NAME,...] [--json]
     cgshim taskstats PID [--tgid] [--json]
     cgshim top [--interval S] [--root PATH]... [--sort KEY] [--once | --iterations N] [--json]
                [--runtime-endpoint EP]
@@ -373,7 +373,7 @@ def cmd_load(args, out):
     from cgshim.app.top import load_dict
 
     entries = []
-    with Reader() as reader:
+    with Reader(backends=args.backends) as reader:
         for path in args.paths:
             try:
                 load = load_dict(reader.cpu_load(path, recursive=args.recursive))
@@ -401,10 +401,24 @@ def cmd_load(args, out):
             for x in good:
                 if x["reason"]:
                     out.write(f"note: {x['path']}: {x['reason']}\n")
+                if x["source"] != "psi" and x["implementation"] != "native":
+                    out.write(f"note: {x['path']}: counted by {x['implementation']}, not by "
+                              f"cgshim's C core (see the probe's backends)\n")
     out.flush()
     for e in failed:
         print(f"cgshim load: {e['path']}: {_one_line(e['error'])}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _backend_names(text):
+    from cgshim.reader import BACKENDS
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in BACKENDS]
+    if bad or not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: want distinct names out of {','.join(BACKENDS)}, comma-separated")
+    return names
 
 
 def _one_line(text):
@@ -524,6 +538,9 @@ def build_parser():
                     help="cgroup directory (/sys/fs/cgroup/...) or cgroup name (/kubepods/...)")
     sp.add_argument("--recursive", "-r", action="store_true",
                     help="add the tasks of every descendant cgroup")
+    sp.add_argument("--backends", type=_backend_names, metavar="NAME[,NAME...]",
+                    help="the backends to try, in order (default: netlink,scan,psi; see the "
+                         "probe for what this host offers)")
 
     sp = add("taskstats", cmd_taskstats, "struct taskstats of a task (needs CAP_NET_ADMIN)")
     sp.add_argument("pid", type=_pid, metavar="PID")
