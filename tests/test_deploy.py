@@ -109,6 +109,24 @@ def test_resources_and_image(container):
         assert "tag=${tag:-localhost/cgshim:$version}" in f.read()
 
 
+def test_every_manifest_names_the_built_image():
+    """Every container and init container in deploy/*.yaml (opt-in patches too) runs the one
+    image deploy/build-image.sh tags, so a push and one edit cover them all."""
+    from cgshim import __version__
+
+    images = []
+    for name in sorted(os.listdir(DEPLOY)):
+        if not name.endswith(".yaml"):
+            continue
+        for doc in load(name):
+            spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+            for c in spec.get("containers", []) + spec.get("initContainers", []):
+                if "image" in c:
+                    images.append((name, c["name"], c["image"]))
+    assert images
+    assert {img for _, _, img in images} == {f"localhost/cgshim:{__version__}"}, images
+
+
 def test_command_is_the_exporter_on_the_probed_port(pod, container):
     cmd = container["command"]
     assert cmd[:4] == ["python", "-m", "cgshim", "serve"]
