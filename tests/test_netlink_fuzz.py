@@ -442,3 +442,123 @@ def test_captured_payload_grown_like_a_future_kernel(captured, extra, version):
     assert grown.payload_size == len(payload)
     assert grown.ac_pid == before.ac_pid and grown.ac_comm == before.ac_comm
     assert grown.ac_utime == before.ac_utime and grown.nvcsw == before.nvcsw
+
+
+# --- the many-cgroup walker (cg_nl_walk_cgroupstats): one received datagram ------------
+
+NO_ANSWER = -1
+
+
+def walk(datagram, seq0, n, last, errs=None):
+    """Run the C walker; (return value, errs list, out as tuples)."""
+    mod = _native.netlink
+    out = mod.ffi.new("struct cg_nl_cgroupstats[]", max(n, 1))
+    e = mod.ffi.new("int32_t[]", errs if errs is not None else [NO_ANSWER] * max(n, 1))
+    rc = mod.lib.cg_nl_walk_cgroupstats(datagram, len(datagram), FAMILY, seq0, n, last, out, e)
+    vals = [(o.nr_sleeping, o.nr_running, o.nr_stopped, o.nr_uninterruptible, o.nr_io_wait)
+            for o in out]
+    return rc, list(e)[:n], vals[:n]
+
+
+def pad4(msg):
+    return msg + b"\0" * (-len(msg) % 4)
+
+
+@st.composite
+def windows(draw):
+    """A window of n answers as the kernel would queue them, each with its expectation."""
+    n = draw(st.integers(1, 12))
+    seq0 = draw(st.integers(0, 2**32 - 1))
+    msgs, want = [], []
+    for i in range(n):
+        seq = (seq0 + i) & 0xFFFFFFFF
+        kind = draw(st.sampled_from(["reply", "error", "none"] if i < n - 1 else
+                                    ["reply", "error", "ack_only"]))
+        if kind == "reply":
+            vals = draw(counts)
+            m = bytearray(cgroupstats_msg(vals))
+            struct.pack_into("=I", m, 8, seq)
+            msgs.append(bytes(m))
+            want.append((0, vals))
+        elif kind == "error":
+            err = draw(st.sampled_from([errno.ENOENT, errno.EINVAL, errno.EPERM]))
+            msgs.append(nlmsg(NLMSG_ERROR, struct.pack("=i", -err) + bytes(28), seq=seq))
+            want.append((err, None))
+        elif kind == "ack_only":
+            want.append((errno.EBADF, None))
+        else:
+            want.append((NO_ANSWER, None))  # stays unanswered: the caller decides (EBADF)
+        if i == n - 1 and kind == "reply":
+            msgs.append(nlmsg(NLMSG_ERROR, struct.pack("=i", 0) + bytes(28), seq=seq))
+        if i == n - 1 and kind == "ack_only":
+            msgs.append(nlmsg(NLMSG_ERROR, struct.pack("=i", 0) + bytes(28), seq=seq))
+    stale = draw(st.lists(st.integers(0, 2**32 - 1), max_size=3))
+    for s in stale:  # answers of other sequence numbers are skipped
+        if (s - seq0) & 0xFFFFFFFF >= n:
+            msgs.insert(draw(st.integers(0, len(msgs))), nlmsg(NLMSG_ERROR, struct.pack("=i", -5)
+                                                                + bytes(28), seq=s))
+    return seq0, n, msgs, want
+
+
+@FUZZ
+@given(windows(), st.integers(1, 4))
+def test_walk_matches_answers_by_sequence(window, parts):
+    seq0, n, msgs, want = window
+    # the same window split into datagrams at random message boundaries
+    errs = [NO_ANSWER] * n
+    complete = 0
+    size = max(1, len(msgs) // parts)
+    vals = [None] * n
+    for k in range(0, len(msgs), size):
+        before = errs
+        rc, errs, got = walk(b"".join(pad4(m) for m in msgs[k:k + size]), seq0, n, n - 1, errs)
+        assert rc in (0, 1)
+        complete |= rc
+        for i in range(n):
+            if before[i] == NO_ANSWER and errs[i] == 0:
+                vals[i] = got[i]
+    assert complete == 1
+    for i, (err, v) in enumerate(want):
+        assert errs[i] == err, (i, errs, want)
+        if err == 0:
+            assert vals[i] == v
+
+
+@FUZZ
+@given(windows(), st.data())
+def test_walk_any_truncation_or_flip_stays_bounded(window, data):
+    seq0, n, msgs, _ = window
+    dgram = b"".join(pad4(m) for m in msgs)
+    cut = data.draw(st.integers(0, len(dgram)))
+    flips = data.draw(st.lists(st.tuples(st.integers(0, max(0, cut - 1)), st.integers(0, 255)),
+                               max_size=6))
+    buf = bytearray(dgram[:cut])
+    for pos, val in flips:
+        if pos < len(buf):
+            buf[pos] = val
+    rc, errs, _ = walk(bytes(buf), seq0, n, n - 1)
+    assert rc in (-errno.EBADMSG, 0, 1)
+    for e in errs:  # every cgroup: unanswered, answered, or a positive errno
+        assert e == NO_ANSWER or 0 <= e < 4096
+
+
+@FUZZ
+@given(st.binary(max_size=2000), st.integers(0, 2**32 - 1), st.integers(0, 40))
+def test_walk_random_bytes(data, seq0, n):
+    rc, errs, _ = walk(data, seq0, n, max(n - 1, 0))
+    assert rc in (-errno.EBADMSG, 0, 1)
+    assert all(e == NO_ANSWER or 0 <= e < 4096 for e in errs)
+
+
+def test_walk_second_answer_is_malformed():
+    m = bytearray(cgroupstats_msg((1, 2, 3, 4, 5)))
+    struct.pack_into("=I", m, 8, 10)
+    rc, errs, _ = walk(bytes(m) + bytes(m), 10, 2, 1)
+    assert rc == 0 and errs == [errno.EBADMSG, NO_ANSWER]
+
+
+def test_walk_sequence_wraps():
+    m = bytearray(cgroupstats_msg((1, 2, 3, 4, 5)))
+    struct.pack_into("=I", m, 8, 1)  # seq0 = 2**32 - 1, so index 2
+    rc, errs, vals = walk(bytes(m), 2**32 - 1, 3, 2)
+    assert rc == 0 and errs == [NO_ANSWER, NO_ANSWER, 0] and vals[2] == (1, 2, 3, 4, 5)

@@ -503,3 +503,271 @@ int cg_nl_taskstats(int fd, uint16_t family, uint32_t seq, uint32_t id, int tgid
                       &id, sizeof(id));
     return rc ? rc : transact(fd, seq, parse_taskstats_cb, &c, ENODATA);
 }
+
+/* ---- many cgroups in one call ------------------------------------------- */
+
+#define MANY_REQLEN (HDRLEN + GENLLEN + ATTRLEN + 4u) /* 28: one CGROUPSTATS request */
+#define MANY_RXSLOT 1024u       /* bytes per received datagram; answers are < 100 */
+#define NO_ANSWER (-1)          /* errs[i] while cgroup i has no answer yet */
+#define ASK_AGAIN (-2)          /* internal: its answer was dropped (ENOBUFS) */
+
+int cg_nl_walk_cgroupstats(const uint8_t *buf, size_t len, uint16_t family, uint32_t seq0,
+                           uint32_t n, uint32_t last, struct cg_nl_cgroupstats *out,
+                           int32_t *errs)
+{
+    size_t off = 0;
+    int complete = 0;
+
+    if (buf == NULL || (n > 0 && (out == NULL || errs == NULL)))
+        return -EBADMSG;
+    while (off < len) {
+        struct nlmsghdr h;
+        uint32_t i;
+        size_t mlen;
+
+        if (len - off < HDRLEN)
+            return -EBADMSG;
+        memcpy(&h, buf + off, sizeof(h));
+        if (h.nlmsg_len < HDRLEN || h.nlmsg_len > len - off)
+            return -EBADMSG;
+        mlen = h.nlmsg_len;
+        i = h.nlmsg_seq - seq0; /* mod 2^32: sequence numbers wrap */
+        if (i < n && h.nlmsg_type != NLMSG_NOOP) {
+            if (h.nlmsg_type == NLMSG_ERROR) {
+                int e = msg_error(buf + off, &h);
+
+                if (e != 0)          /* refused: that cgroup's errno */
+                    errs[i] = errs[i] == NO_ANSWER ? e : EBADMSG;
+                else if (errs[i] == NO_ANSWER)
+                    errs[i] = EBADF; /* ACK(0) with no reply: the fd was not open */
+                if (i == last)
+                    complete = 1;
+            } else {
+                struct cg_nl_cgroupstats cs;
+                int rc = cg_nl_parse_cgroupstats(buf + off, mlen, family, &cs);
+
+                if (errs[i] != NO_ANSWER)
+                    errs[i] = EBADMSG; /* a second answer to one request */
+                else {
+                    errs[i] = rc;
+                    if (rc == 0)
+                        out[i] = cs;
+                }
+            }
+        }
+        off += ALIGN4(mlen) < len - off ? ALIGN4(mlen) : len - off;
+    }
+    return complete;
+}
+
+/* Send requests for the cgroups of [a, b) still without an answer, in one datagram.
+ * *last gets the index of the last one sent (the one that asks for an ACK).
+ * Returns 0 with *sent == 0 if there was none. */
+static int many_send(int fd, uint16_t family, uint32_t seq0, const int32_t *fds,
+                     const int32_t *errs, uint32_t a, uint32_t b, uint8_t *tx,
+                     uint32_t *last, uint32_t *sent)
+{
+    struct sockaddr_nl sa;
+    uint32_t i, k = 0;
+    size_t len;
+    ssize_t r;
+
+    for (i = a; i < b; i++) {
+        struct request q;
+        uint32_t cfd;
+
+        if (errs[i] != NO_ANSWER)
+            continue;
+        cfd = (uint32_t)fds[i];
+        memset(&q, 0, sizeof(q));
+        q.n.nlmsg_len = (uint32_t)MANY_REQLEN;
+        q.n.nlmsg_type = family;
+        q.n.nlmsg_flags = NLM_F_REQUEST;
+        q.n.nlmsg_seq = seq0 + i;
+        q.g.cmd = CGROUPSTATS_CMD_GET;
+        q.g.version = CG_NL_TASKSTATS_GENL_VERSION;
+        q.a.nla_len = (uint16_t)(ATTRLEN + sizeof(cfd));
+        q.a.nla_type = CGROUPSTATS_CMD_ATTR_FD;
+        memcpy(q.payload, &cfd, sizeof(cfd));
+        memcpy(tx + (size_t)k * MANY_REQLEN, &q, MANY_REQLEN);
+        *last = i;
+        k++;
+    }
+    *sent = k;
+    if (k == 0)
+        return 0;
+    /* the last one asks for an ACK: its NLMSG_ERROR closes the window */
+    {
+        struct nlmsghdr h;
+        uint8_t *p = tx + (size_t)(k - 1) * MANY_REQLEN;
+
+        memcpy(&h, p, sizeof(h));
+        h.nlmsg_flags |= NLM_F_ACK;
+        memcpy(p, &h, sizeof(h));
+    }
+    len = (size_t)k * MANY_REQLEN;
+    memset(&sa, 0, sizeof(sa));
+    sa.nl_family = AF_NETLINK;
+    do
+        r = sendto(fd, tx, len, 0, (struct sockaddr *)&sa, sizeof(sa));
+    while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return errno;
+    return (size_t)r == len ? 0 : EIO;
+}
+
+/* Collect the answers of one window [a, b) whose last request is `last`. */
+static int many_collect(int fd, uint16_t family, uint32_t seq0, uint32_t a, uint32_t b,
+                        uint32_t last, struct cg_nl_cgroupstats *out, int32_t *errs,
+                        uint8_t *rx, int *overflow)
+{
+    struct sockaddr_nl sas[CG_NL_MANY_RX];
+    struct iovec iov[CG_NL_MANY_RX];
+    struct mmsghdr msgs[CG_NL_MANY_RX];
+    int complete = 0, broken = 0, timed_out = 0;
+    uint32_t i;
+
+    *overflow = 0;
+    while (!complete) {
+        int k, r;
+
+        for (k = 0; k < CG_NL_MANY_RX; k++) {
+            iov[k].iov_base = rx + (size_t)k * MANY_RXSLOT;
+            iov[k].iov_len = MANY_RXSLOT;
+            memset(&msgs[k], 0, sizeof(msgs[k]));
+            msgs[k].msg_hdr.msg_name = &sas[k];
+            msgs[k].msg_hdr.msg_namelen = sizeof(sas[k]);
+            msgs[k].msg_hdr.msg_iov = &iov[k];
+            msgs[k].msg_hdr.msg_iovlen = 1;
+        }
+        /* Every answer was queued inside our sendto, so the queue normally holds the
+         * whole window; MSG_WAITFORONE waits (up to SO_RCVTIMEO) only if it is empty.
+         * After an overflow nothing more is coming: do not wait at all. */
+        r = recvmmsg(fd, msgs, CG_NL_MANY_RX, *overflow ? MSG_DONTWAIT : MSG_WAITFORONE, NULL);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == ENOBUFS) { /* the kernel dropped answers: the queue was full */
+                *overflow = 1;
+                continue;
+            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                timed_out = !*overflow;
+                break;
+            }
+            return errno;
+        }
+        for (k = 0; k < r; k++) {
+            const struct sockaddr_nl *sa = &sas[k];
+            const uint8_t *buf = rx + (size_t)k * MANY_RXSLOT;
+            size_t len = msgs[k].msg_len;
+            int w;
+
+            if (msgs[k].msg_hdr.msg_namelen < sizeof(*sa) || sa->nl_family != AF_NETLINK ||
+                sa->nl_pid != 0)
+                continue; /* not from the kernel */
+            if (msgs[k].msg_hdr.msg_flags & MSG_TRUNC) {
+                struct nlmsghdr h;
+
+                if (len >= HDRLEN) {
+                    memcpy(&h, buf, sizeof(h));
+                    i = h.nlmsg_seq - (seq0 + a);
+                    if (i < b - a && errs[a + i] == NO_ANSWER)
+                        errs[a + i] = EMSGSIZE;
+                    if (a + i == last && i < b - a)
+                        complete = 1;
+                }
+                continue;
+            }
+            w = cg_nl_walk_cgroupstats(buf, len, family, seq0 + a, b - a, last - a,
+                                       out + a, errs + a);
+            if (w < 0)
+                broken = 1;
+            else if (w > 0)
+                complete = 1;
+        }
+    }
+    for (i = a; i < b; i++) {
+        if (errs[i] != NO_ANSWER)
+            continue;
+        if (*overflow)
+            errs[i] = ASK_AGAIN;
+        else if (broken)
+            errs[i] = EBADMSG;
+        else if (timed_out)
+            errs[i] = ETIMEDOUT;
+        else
+            errs[i] = EBADF; /* the window closed without a word for it */
+    }
+    return 0;
+}
+
+int cg_nl_cgroupstats_many(int fd, uint16_t family, uint32_t *seq, const int32_t *cgroup_fds,
+                           uint32_t n, uint32_t window, struct cg_nl_cgroupstats *out,
+                           int32_t *errs)
+{
+    uint8_t *tx = NULL, *rx = NULL;
+    uint32_t i, a, seq0;
+    int rcvbuf = 0, rc = 0, retry = 0;
+    socklen_t optlen = sizeof(rcvbuf);
+
+    if (seq == NULL || family < GENL_MIN_ID || (n > 0 && (cgroup_fds == NULL || out == NULL ||
+                                                         errs == NULL)))
+        return EINVAL;
+    if (n == 0)
+        return 0;
+    if (n > 0x7fffffffu)
+        return EINVAL;
+    /* SO_RCVBUF reports what the kernel compares sk_rmem_alloc with (twice the
+     * value set); each queued answer costs its skb's truesize. */
+    if (window == 0) {
+        if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, &optlen) != 0)
+            return errno;
+        window = rcvbuf > 0 ? (uint32_t)rcvbuf / CG_NL_MANY_SKB_COST : 1;
+    }
+    if (window < 1)
+        window = 1;
+    if (window > CG_NL_MANY_WINDOW)
+        window = CG_NL_MANY_WINDOW;
+    tx = malloc((size_t)CG_NL_MANY_WINDOW * MANY_REQLEN);
+    rx = malloc((size_t)CG_NL_MANY_RX * MANY_RXSLOT);
+    if (tx == NULL || rx == NULL) {
+        rc = ENOMEM;
+        goto done;
+    }
+    seq0 = *seq;
+    for (i = 0; i < n; i++)
+        errs[i] = cgroup_fds[i] < 0 ? EBADF : NO_ANSWER;
+    for (a = 0; a < n;) {
+        uint32_t b = n - a > window ? a + window : n, last = a, sent = 0;
+        int overflow = 0;
+
+        rc = many_send(fd, family, seq0, cgroup_fds, errs, a, b, tx, &last, &sent);
+        if (rc)
+            goto done;
+        if (sent > 0) {
+            rc = many_collect(fd, family, seq0, a, b, last, out, errs, rx, &overflow);
+            if (rc)
+                goto done;
+        }
+        if (overflow) {
+            retry = 1;
+            if (window > 1)
+                window /= 2; /* the buffer holds fewer answers than estimated */
+        }
+        a = b;
+    }
+    *seq = seq0 + n;
+    if (retry) {
+        /* answers the kernel dropped: ask again, one request and its ACK at a time */
+        for (i = 0; i < n; i++) {
+            if (errs[i] != ASK_AGAIN)
+                continue;
+            errs[i] = cg_nl_cgroupstats(fd, family, (*seq)++, cgroup_fds[i], &out[i]);
+        }
+    }
+done:
+    free(tx);
+    free(rx);
+    return rc;
+}

@@ -63,3 +63,49 @@ int cg_nl_parse_cgroupstats(const uint8_t *msg, size_t len, uint16_t family,
                             struct cg_nl_cgroupstats *out);
 int cg_nl_parse_taskstats(const uint8_t *msg, size_t len, uint16_t family,
                           struct cg_nl_taskstats_reply *out, uint8_t *stats, size_t cap);
+
+/* ---- many cgroups in one call (a node sweep) ----------------------------------
+ *
+ * CGROUPSTATS_CMD_GET for n held v1 directory fds. The requests go out back to back,
+ * many per datagram (netlink_rcv_skb() in net/netlink/af_netlink.c runs every message
+ * of a datagram in turn, and genetlink answers each inside that sendto), so after one
+ * sendto every answer of the window is already queued; recvmmsg() collects them,
+ * CG_NL_MANY_RX datagrams per call. Only the last request of a window asks for an
+ * ACK: an NLMSG_ERROR of that sequence number ends the window, and a request with
+ * no answer before it got none at all (the kernel's answer to an fd that is not
+ * open: EBADF). Answers are matched to cgroups by sequence number (seq + i), never by
+ * order.
+ *
+ * A window holds as many requests as the socket's receive buffer takes answers
+ * (SO_RCVBUF / CG_NL_MANY_SKB_COST, at least 1, at most CG_NL_MANY_WINDOW). If the
+ * queue overflowed anyway (recv reports ENOBUFS: the kernel dropped answers), the
+ * cgroups left without an answer are asked again one by one with an ACK each.
+ *
+ * errs[i] receives 0 (out[i] is filled) or that cgroup's errno: the kernel's
+ * NLMSG_ERROR (ENOENT: removed; EINVAL: not a v1 cgroup), EBADF (fd not open, or < 0),
+ * EBADMSG (its reply was malformed), ETIMEDOUT (no answer within SO_RCVTIMEO).
+ * One cgroup's failure never touches another's result.
+ *
+ * window 0 sizes windows from SO_RCVBUF as above; any other value is the number of
+ * requests per datagram (tests use it to overflow the queue on purpose).
+ *
+ * *seq is the first sequence number to use; on return it is the next unused one.
+ * Returns 0, or an errno that failed the whole call (EINVAL for bad arguments,
+ * ENOMEM, a sendto/recvmmsg error of the socket itself); errs is then unspecified. */
+#define CG_NL_MANY_WINDOW 1024
+#define CG_NL_MANY_SKB_COST 1280
+#define CG_NL_MANY_RX 64
+int cg_nl_cgroupstats_many(int fd, uint16_t family, uint32_t *seq, const int32_t *cgroup_fds,
+                           uint32_t n, uint32_t window, struct cg_nl_cgroupstats *out,
+                           int32_t *errs);
+
+/* The walker cg_nl_cgroupstats_many runs on each received datagram (buf, len bytes):
+ * for every message whose sequence number is seq0 + i, i < n, it records the answer
+ * in out[i] / errs[i] (errs[i] must be -1 on entry for a cgroup not yet answered; a
+ * second answer makes it EBADMSG). Messages of other sequence numbers are skipped.
+ * Returns 1 if an NLMSG_ERROR (ACK or error) of seq0 + last was seen (the window is
+ * complete), 0 if not, or -EBADMSG if the datagram's framing is broken (a message
+ * length that lies). */
+int cg_nl_walk_cgroupstats(const uint8_t *buf, size_t len, uint16_t family, uint32_t seq0,
+                           uint32_t n, uint32_t last, struct cg_nl_cgroupstats *out,
+                           int32_t *errs);

@@ -25,6 +25,7 @@ older kernel outside the host network namespace).
 import errno
 import math
 import os
+import socket
 import threading
 
 import attrs
@@ -138,6 +139,7 @@ class TaskstatsSocket:
         self._fd = -1
         self._family = None
         self._seq = 0
+        self._rcvbuf_set = False
         ms = min(max(1, math.ceil(timeout * 1000)), 2**31 - 1)
         fdp = self._ffi.new("int *")
         rc = self._c.cg_nl_open(ms, fdp)
@@ -239,6 +241,62 @@ class TaskstatsSocket:
             if rc:
                 raise _error(rc, f"cgroupstats of fd {dir_fd}", _CGROUPSTATS_HINTS)
             return _counts(cs)
+
+    #: receive buffer asked for before the first many-cgroup request: room for ~1,000
+    #: queued answers (each costs ~830 bytes of skb truesize here); the kernel caps it
+    #: at net.core.rmem_max, and the window then shrinks to what fits
+    MANY_RCVBUF = 1 << 20
+
+    def cgroupstats_many_raw(self, dir_fds, *, window=0):
+        """CGROUPSTATS for many held v1 directory fds in one native call (the node
+        sweep's path): ``(out, errs)``, cffi arrays in the order of ``dir_fds`` --
+        ``errs[i]`` 0 with ``out[i]`` a struct cg_nl_cgroupstats, or that cgroup's errno
+        (see cg_nl_cgroupstats_many in netlink.h). One cgroup's error never fails the
+        call; an error of the socket itself raises NetlinkError."""
+        n = len(dir_fds)
+        ffi = self._ffi
+        fds = ffi.new("int32_t[]", dir_fds) if n else ffi.NULL
+        out = ffi.new("struct cg_nl_cgroupstats[]", n)
+        errs = ffi.new("int32_t[]", n)
+        if n == 0:
+            return out, errs
+        seq = ffi.new("uint32_t *")
+        with self._lock:
+            self._check_open()
+            family = self._family_locked()
+            if not self._rcvbuf_set:
+                self._rcvbuf_set = True
+                sk = socket.socket(fileno=self._fd)
+                try:
+                    sk.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.MANY_RCVBUF)
+                except OSError:
+                    pass  # the default buffer: smaller windows, same answers
+                finally:
+                    sk.detach()
+            seq[0] = (self._seq + 1) & 0xFFFFFFFF
+            rc = self._c.cg_nl_cgroupstats_many(self._fd, family, seq, fds, n, window, out, errs)
+            self._seq = (seq[0] - 1) & 0xFFFFFFFF
+            if rc == 0 and all(e == errno.ENOENT for e in errs):
+                # maybe a stale family id (ids are dynamic): look it up again, as _request
+                self._family = None
+                if self._family_locked() != family:
+                    seq[0] = (self._seq + 1) & 0xFFFFFFFF
+                    rc = self._c.cg_nl_cgroupstats_many(self._fd, self._family, seq, fds, n,
+                                                        window, out, errs)
+                    self._seq = (seq[0] - 1) & 0xFFFFFFFF
+        if rc:
+            raise _error(rc, f"cgroupstats of {n} cgroups")
+        return out, errs
+
+    def cgroupstats_many(self, dir_fds, *, window=0):
+        """:meth:`cgroupstats` of each fd in ``dir_fds`` in one native call: a list, in
+        order, of TaskCounts or the NetlinkError that cgroup got. ``window``: requests
+        per datagram (0: as many as the receive buffer holds answers)."""
+        dir_fds = [int(fd) for fd in dir_fds]
+        out, errs = self.cgroupstats_many_raw(dir_fds, window=window)
+        return [_counts(out[i]) if not e else
+                _error(e, f"cgroupstats of fd {fd}", _CGROUPSTATS_HINTS)
+                for i, (fd, e) in enumerate(zip(dir_fds, errs))]
 
     def taskstats_raw(self, pid: int, tgid: bool = False) -> RawTaskstats:
         """The undecoded reply for a task (``tgid=False``) or a whole thread group."""
