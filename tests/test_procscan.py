@@ -12,7 +12,7 @@ import pytest
 
 from cgshim import _native
 from tests.support.require import REQUIRE
-from cgshim.errors import CgroupNotFound
+from cgshim.errors import CgroupNotFound, CgshimError
 from cgshim.kernel.threadstat import STATE_FIELDS, ScanCounts, Scanner
 
 pytestmark = pytest.mark.kernel
@@ -263,3 +263,128 @@ def test_measure_warm_scan_cost(testbed):
     print(f"\nper thread at 1000 threads: warm scan_bytes {us_warm:.2f} us, warm scan_file "
           f"{us_warm_file:.2f} us, uncached (max_fds=0) {us_cold:.2f} us, python fallback "
           f"{us_python:.2f} us; floor (os.pread loop on held fds) {us_floor:.2f} us")
+
+
+# --- many lists in one call (cg_scanner_scan_many) ---------------------------------------
+
+def _open_lists(paths):
+    return [os.open(p, os.O_RDONLY | os.O_CLOEXEC) for p in paths]
+
+
+@needs_native
+def test_scan_many_equals_scan_file(testbed):
+    """Each list's counts in one batch equal a one-list scan of it, on v1 and v2 lists,
+    and the held list fds read fresh contents at every call (pread from 0)."""
+    v2 = [testbed.cgroup(2) for _ in range(6)]
+    v1 = [testbed.cgroup(1) for _ in range(2)]
+    busy, sleepy, stopped = pinned_scenario(testbed, v2[0], v1[0])
+    testbed.spawn(pipe=3, futex=2, cgroups=[v2[3], v1[1]])
+    lists = [list_of(c, 2) for c in v2] + [list_of(c, 1) for c in v1]
+    fds = _open_lists(lists)
+    try:
+        with Scanner(native=True) as sc:
+            many = sc.scan_many(fds)
+            one = [sc.scan_file(p) for p in lists]
+            assert many == one
+            assert many[0] == expected(busy, sleepy, stopped) == many[6]
+            assert many[3].nr_sleeping == 6 and many[3].nr_listed == 6
+            assert many[1] == ScanCounts()
+            late = testbed.spawn(pipe=1, cgroups=[v2[1]])
+            again = sc.scan_many(fds)
+            assert again[1] == expected(late)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+@needs_native
+def test_scan_many_errors_stay_with_their_list(testbed, tmp_path):
+    cgs = [testbed.cgroup(2) for _ in range(3)]
+    w = testbed.spawn(pipe=2, cgroups=[cgs[0]])
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"12\nnot a tid\n")
+    fds = _open_lists([list_of(c, 2) for c in cgs]) + [os.open(junk, os.O_RDONLY)]
+    try:
+        os.rmdir(cgs[1])  # its held list fd now answers ENODEV
+        with Scanner(native=True) as sc:
+            got = sc.scan_many(fds + [-1])
+        assert got[0] == expected(w) and got[2] == ScanCounts()
+        assert isinstance(got[1], CgroupNotFound)
+        assert type(got[3]).__name__ == "ParseError"
+        assert isinstance(got[4], CgshimError) and "EBADF" in str(got[4])
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+@needs_native
+def test_threads_many_records(testbed):
+    """Per-thread records: every listed tid once, its /proc state and its starttime
+    (stat field 22), the same as /proc says."""
+    cgs = [testbed.cgroup(2) for _ in range(2)]
+    a = testbed.spawn(busy=True, cgroups=[cgs[0]])
+    b = testbed.spawn(pipe=2, nanosleep=1, cgroups=[cgs[1]])
+    b.stop()
+    fds = _open_lists([list_of(c, 2) for c in cgs])
+    try:
+        with Scanner(native=True) as sc:
+            got = sc.threads_many(fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    for (counts, records), w in zip(got, (a, b)):
+        assert counts == expected(w)
+        assert sorted(r.tid for r in records) == sorted(w.tids)
+        for r in records:
+            with open(f"/proc/{r.tid}/task/{r.tid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            assert int(fields[19]) == r.starttime > 0  # field 22: the 20th after the comm
+            assert chr(r.state) == w.expected_states()[r.tid]
+
+
+@needs_native
+def test_cache_holds_the_node_one_open_per_thread(testbed):
+    """A cache that holds every thread opens each stat file once: sweeps after the first
+    open nothing (counted by the scanner), across 60 lists in one batch."""
+    cgs = [testbed.cgroup(2) for _ in range(60)]
+    for i in range(0, 60, 3):
+        testbed.spawn(pipe=4, cgroups=[cgs[i]])
+    fds = _open_lists([list_of(c, 2) for c in cgs])
+    try:
+        with Scanner(native=True, max_fds=1000) as sc:
+            sc.scan_many(fds)
+            first = sc.opens
+            assert first == 20 * 5
+            for _ in range(20):
+                sc.scan_many(fds)
+            assert sc.opens == first
+            assert sc.cached_fds == 100
+            # a cache too small for the node reopens on every sweep
+            sc.set_max_fds(50)
+            before = sc.opens
+            sc.scan_many(fds)
+            sc.scan_many(fds)
+            assert sc.opens - before >= 100
+            assert sc.cached_fds <= 50
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_stat_starttime_parser():
+    if NATIVE is None:
+        pytest.skip("C scanner not built")
+    lib, ffi = NATIVE.lib, NATIVE.ffi
+    out = ffi.new("uint64_t *")
+    line = (b"123 (a) b)c) S 1 123 123 0 -1 4194560 10 0 0 0 5 6 0 0 20 0 3 0 98765 "
+            b"1000 200 18446744073709551615\n")
+    assert lib.cg_stat_starttime(line, len(line), out) == 0 and out[0] == 98765
+    neg = b"7 (x) R 1 2 3 -5 -1 0 0 0 0 0 0 0 -3 -4 -100 -20 1 0 42 0"
+    assert lib.cg_stat_starttime(neg, len(neg), out) == 0 and out[0] == 42
+    for bad in (b"", b"no paren", line[:line.index(b"98765") + 3], b"1 (a) S 1 2\n",
+                line.replace(b" 98765", b" x8765")):
+        assert lib.cg_stat_starttime(bad, len(bad), out) == errno.EINVAL, bad
+    with open(f"/proc/self/task/{threading.get_native_id()}/stat", "rb") as f:
+        real = f.read()
+    assert lib.cg_stat_starttime(real, len(real), out) == 0
+    assert out[0] == int(real.rsplit(b")", 1)[1].split()[19])

@@ -395,3 +395,23 @@ def test_native_required_but_missing(monkeypatch):
     monkeypatch.setattr(_native, "procscan", None)
     with pytest.raises(CgshimError, match="not built"):
         Scanner(native=True)
+
+
+# -- cg_stat_starttime (field 22, for per-thread records) ---------------------------------
+
+@pytest.mark.skipif(NATIVE is None, reason="C scanner not built")
+@given(pid=st.integers(1, 2**22), comm=comms, state=states, rest=rests, data=st.data())
+@example(pid=1, comm=b") 1 2 3", state=b"S", rest=list(range(19)), data=None)
+def test_starttime_is_field_22_or_einval(pid, comm, state, rest, data):
+    line = _stat_line(pid, comm, state, rest)
+    out = NATIVE.ffi.new("uint64_t *")
+    rc = NATIVE.lib.cg_stat_starttime(line, len(line), out)
+    if len(rest) >= 19 and rest[18] >= 0:
+        assert rc == 0 and out[0] == rest[18]
+    else:
+        assert rc == 22
+    # a cut line gives the same value or EINVAL, never a shorter number
+    if data is not None:
+        cut = data.draw(st.integers(0, len(line)))
+        rc2 = NATIVE.lib.cg_stat_starttime(line[:cut], cut, out)
+        assert rc2 == 22 or (rc == 0 and out[0] == rest[18])

@@ -53,6 +53,7 @@ struct cg_scanner {
     size_t set_cap;
     int32_t *tids;          /* per-scan distinct tids, in list order */
     size_t tids_cap;
+    uint64_t opens;         /* stat files opened since creation */
 };
 
 /* Tids cluster (sequential allocation); mix all bits into the low ones the
@@ -271,7 +272,46 @@ static ssize_t pread_retry(int fd, void *buf, size_t len, off_t off)
     return n;
 }
 
-static int tally(struct cg_scan_counts *c, const char *buf, size_t len)
+int cg_stat_starttime(const char *buf, size_t len, uint64_t *out)
+{
+    const char *close_paren = buf ? memrchr(buf, ')', len) : NULL;
+    if (close_paren == NULL || out == NULL)
+        return EINVAL;
+    const char *p = close_paren + 1, *end = buf + len;
+    /* ") S f4 f5 ... f22 ...": fields after the comm are separated by one space */
+    for (int field = 3; field < 22; field++) {
+        if (p == end || *p != ' ')
+            return EINVAL;
+        p++;
+        const char *start = p;
+        if (field > 3 && p < end && *p == '-')
+            p++;                /* tty_nr, tpgid, priority, nice may be negative */
+        while (p < end && *p != ' ')
+            p++;
+        if (p == start)
+            return EINVAL;
+    }
+    if (p == end || *p != ' ')
+        return EINVAL;
+    p++;
+    uint64_t v = 0;
+    const char *digits = p;
+    while (p < end && *p >= '0' && *p <= '9') {
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return EINVAL;
+        v = v * 10 + d;
+        p++;
+    }
+    /* the field must end inside what was read: a cut line cannot tell 12 from 123 */
+    if (p == digits || p == end || (*p != ' ' && *p != '\n'))
+        return EINVAL;
+    *out = v;
+    return 0;
+}
+
+static int tally(struct cg_scan_counts *c, const char *buf, size_t len,
+                 struct cg_scan_thread *rec)
 {
     int st = cg_stat_state(buf, len);
     switch (st) {
@@ -284,34 +324,46 @@ static int tally(struct cg_scan_counts *c, const char *buf, size_t len)
             return EBADMSG;     /* the kernel printed no state after the comm */
         c->nr_other++;
     }
+    if (rec != NULL) {
+        rec->state = st;
+        if (cg_stat_starttime(buf, len, &rec->starttime) != 0)
+            return EBADMSG;
+    }
     return 0;
 }
 
 /* Classify an errno of opening or reading a stat file: 1 counted, 0 not ours. */
-static int count_gone(struct cg_scan_counts *c, int err)
+static int count_gone(struct cg_scan_counts *c, int err, struct cg_scan_thread *rec)
 {
     if (err == ENOENT || err == ESRCH) {
         c->nr_vanished++;
+        if (rec != NULL)
+            rec->state = 0;
         return 1;
     }
     if (err == EACCES || err == EPERM) {
         c->nr_denied++;
+        if (rec != NULL)
+            rec->state = -1;
         return 1;
     }
     return 0;
 }
 
-static int scan_tid(struct cg_scanner *sc, int32_t tid, struct cg_scan_counts *c)
+static int scan_tid(struct cg_scanner *sc, int32_t tid, struct cg_scan_counts *c,
+                    struct cg_scan_thread *rec)
 {
     char buf[STAT_PREFIX];
     ssize_t n;
+    if (rec != NULL)
+        memset(rec, 0, sizeof *rec), rec->tid = tid;
     long slot = cache_find(sc, tid);
     if (slot >= 0) {
         struct entry *e = &sc->tab[slot];
         e->seen = sc->epoch;
         n = pread_retry(e->fd, buf, sizeof buf, 0);
         if (n >= 0)
-            return tally(c, buf, (size_t)n);
+            return tally(c, buf, (size_t)n, rec);
         /* Dead task (ESRCH) or anything else: forget this fd, ask by path. */
         close(e->fd);
         cache_delete(sc, (uint32_t)slot);
@@ -323,17 +375,18 @@ static int scan_tid(struct cg_scanner *sc, int32_t tid, struct cg_scan_counts *c
     do
         fd = openat(sc->proc_fd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     while (fd < 0 && errno == EINTR);
+    sc->opens++;
     if (fd < 0) {
         int err = errno;
-        return count_gone(c, err) ? 0 : err;
+        return count_gone(c, err, rec) ? 0 : err;
     }
     n = pread_retry(fd, buf, sizeof buf, 0);
     if (n < 0) {
         int err = errno;
         close(fd);
-        return count_gone(c, err) ? 0 : err;
+        return count_gone(c, err, rec) ? 0 : err;
     }
-    int err = tally(c, buf, (size_t)n);
+    int err = tally(c, buf, (size_t)n, rec);
     if (err != 0 || sc->max_fds == 0)
         close(fd);
     else
@@ -341,9 +394,29 @@ static int scan_tid(struct cg_scanner *sc, int32_t tid, struct cg_scan_counts *c
     return err;
 }
 
-/* Parse the list into sc->tids (distinct, non-zero) and count "0" lines.
- * Nothing is read from /proc until the whole list is known to be valid. */
-static int parse_list(struct cg_scanner *sc, const char *list, size_t len,
+/* Grow sc->tids to hold at least `need` entries (keeping its contents). */
+static int tids_reserve(struct cg_scanner *sc, size_t need)
+{
+    if (need <= sc->tids_cap)
+        return 0;
+    size_t cap = sc->tids_cap ? sc->tids_cap : 1024;
+    while (cap < need) {
+        if (cap > SIZE_MAX / 2 / sizeof(int32_t))
+            return ENOMEM;
+        cap *= 2;
+    }
+    int32_t *tids = realloc(sc->tids, cap * sizeof *tids);
+    if (tids == NULL)
+        return ENOMEM;
+    sc->tids = tids;
+    sc->tids_cap = cap;
+    return 0;
+}
+
+/* Parse the list and append its distinct non-zero tids to sc->tids from index `at`
+ * (*ntids gets how many); count "0" lines. Nothing is read from /proc until the whole
+ * list is known to be valid; on error sc->tids beyond `at` is garbage. */
+static int parse_list(struct cg_scanner *sc, const char *list, size_t len, size_t at,
                       size_t *ntids, uint64_t *hidden)
 {
     size_t lines = 1;
@@ -363,16 +436,11 @@ static int parse_list(struct cg_scanner *sc, const char *list, size_t len,
         sc->set = set;
         sc->set_cap = set_cap;
     }
-    if (lines > sc->tids_cap) {
-        int32_t *tids = malloc(lines * sizeof *tids);
-        if (tids == NULL)
-            return ENOMEM;
-        free(sc->tids);
-        sc->tids = tids;
-        sc->tids_cap = lines;
-    }
+    if (at > SIZE_MAX - lines || tids_reserve(sc, at + lines) != 0)
+        return ENOMEM;
     memset(sc->set, 0, set_cap * sizeof *sc->set);
     size_t mask = set_cap - 1, n = 0;
+    int32_t *tids = sc->tids + at;
     uint64_t zeros = 0;
     const char *p = list, *end = list + len;
     while (p < end) {
@@ -401,10 +469,40 @@ static int parse_list(struct cg_scanner *sc, const char *list, size_t len,
         if (sc->set[i] == tid)
             continue;           /* repeated */
         sc->set[i] = tid;
-        sc->tids[n++] = tid;
+        tids[n++] = tid;
     }
     *ntids = n;
     *hidden = zeros;
+    return 0;
+}
+
+/* Before reading: mark the cached tids of tids[0..n) as listed now (epoch already
+ * advanced), then make room for the others by evicting entries not listed longest. */
+static void cache_prepare(struct cg_scanner *sc, const int32_t *tids, size_t n)
+{
+    if (sc->max_fds == 0)
+        return;
+    uint64_t misses = 0;
+    for (size_t i = 0; i < n; i++) {
+        long slot = cache_find(sc, tids[i]);
+        if (slot >= 0)
+            sc->tab[slot].seen = sc->epoch;
+        else
+            misses++;
+    }
+    if (misses > 0 && sc->nfds + misses > sc->max_fds)
+        cache_sweep(sc, sc->nfds + misses - sc->max_fds);
+}
+
+/* Scan tids[0..n) into c (and rec[0..n) if not NULL). */
+static int scan_tids(struct cg_scanner *sc, const int32_t *tids, size_t n,
+                     struct cg_scan_counts *c, struct cg_scan_thread *rec)
+{
+    for (size_t i = 0; i < n; i++) {
+        int err = scan_tid(sc, tids[i], c, rec ? &rec[i] : NULL);
+        if (err != 0)
+            return err;
+    }
     return 0;
 }
 
@@ -415,38 +513,23 @@ int cg_scanner_scan_buf(struct cg_scanner *sc, const char *list, size_t len,
     memset(&c, 0, sizeof c);
     memset(out, 0, sizeof *out);
     size_t n;
-    int err = parse_list(sc, list, len, &n, &c.nr_hidden);
+    int err = parse_list(sc, list, len, 0, &n, &c.nr_hidden);
     if (err != 0)
         return err;
     sc->epoch++;
     c.nr_listed = n;
-    if (sc->max_fds > 0) {
-        /* Mark the cached tids of this list as listed now, then make room for the
-         * others by evicting entries not listed for the longest time. */
-        uint64_t misses = 0;
-        for (size_t i = 0; i < n; i++) {
-            long slot = cache_find(sc, sc->tids[i]);
-            if (slot >= 0)
-                sc->tab[slot].seen = sc->epoch;
-            else
-                misses++;
-        }
-        if (misses > 0 && sc->nfds + misses > sc->max_fds)
-            cache_sweep(sc, sc->nfds + misses - sc->max_fds);
-    }
-    for (size_t i = 0; i < n; i++) {
-        err = scan_tid(sc, sc->tids[i], &c);
-        if (err != 0)
-            return err;
-    }
+    cache_prepare(sc, sc->tids, n);
+    err = scan_tids(sc, sc->tids, n, &c, NULL);
+    if (err != 0)
+        return err;
     *out = c;
     return 0;
 }
 
-int cg_scanner_scan_fd(struct cg_scanner *sc, int list_fd, struct cg_scan_counts *out)
+/* Read the whole list behind list_fd into sc->list; *len gets its length. */
+static int read_list(struct cg_scanner *sc, int list_fd, size_t *lenp)
 {
     size_t len = 0;
-    memset(out, 0, sizeof *out);
     for (;;) {
         if (len == sc->list_cap) {
             if (sc->list_cap >= LIST_MAX)
@@ -465,5 +548,101 @@ int cg_scanner_scan_fd(struct cg_scanner *sc, int list_fd, struct cg_scan_counts
             break;
         len += (size_t)r;
     }
+    *lenp = len;
+    return 0;
+}
+
+int cg_scanner_scan_fd(struct cg_scanner *sc, int list_fd, struct cg_scan_counts *out)
+{
+    size_t len = 0;
+    memset(out, 0, sizeof *out);
+    int err = read_list(sc, list_fd, &len);
+    if (err != 0)
+        return err;
     return cg_scanner_scan_buf(sc, sc->list, len, out);
+}
+
+int cg_scanner_scan_many(struct cg_scanner *sc, const int32_t *list_fds, uint32_t n,
+                         uint32_t flags, struct cg_scan_counts *counts, int32_t *errs,
+                         struct cg_scan_thread *threads, uint64_t threads_cap,
+                         uint64_t *thread_end, uint64_t *nthreads)
+{
+    int records = (flags & CG_SCAN_RECORDS) != 0;
+    if (sc == NULL || (flags & ~(uint32_t)CG_SCAN_RECORDS) != 0 ||
+        (n > 0 && (list_fds == NULL || counts == NULL || errs == NULL)) ||
+        (records && (thread_end == NULL || nthreads == NULL || (threads == NULL && threads_cap))))
+        return EINVAL;
+    if (records)
+        *nthreads = 0;
+    if (n == 0)
+        return 0;
+    /* [begin, end) of each list's tids in sc->tids */
+    size_t *span = malloc(2 * (size_t)n * sizeof *span);
+    if (span == NULL)
+        return ENOMEM;
+    size_t total = 0;
+    memset(counts, 0, (size_t)n * sizeof *counts);
+    for (uint32_t i = 0; i < n; i++) {
+        size_t len = 0, k = 0;
+        int err = list_fds[i] < 0 ? EBADF : read_list(sc, list_fds[i], &len);
+        if (err == 0)
+            err = parse_list(sc, sc->list, len, total, &k, &counts[i].nr_hidden);
+        if (err == ENOMEM) {
+            free(span);
+            return ENOMEM;
+        }
+        errs[i] = err;
+        if (err != 0) {
+            counts[i].nr_hidden = 0;
+            k = 0;
+        }
+        span[2 * i] = total;
+        span[2 * i + 1] = total + k;
+        counts[i].nr_listed = k;
+        total += k;
+    }
+    if (records) {
+        *nthreads = total;
+        if (total > threads_cap) {
+            free(span);
+            memset(counts, 0, (size_t)n * sizeof *counts);
+            return ENOSPC;
+        }
+    }
+    sc->epoch++;                /* one scan: every list of the batch is listed now */
+    cache_prepare(sc, sc->tids, total);
+    for (uint32_t i = 0; i < n; i++) {
+        size_t b = span[2 * i], e = span[2 * i + 1];
+        if (records)
+            thread_end[i] = e;
+        if (errs[i] != 0)
+            continue;
+        int err = scan_tids(sc, sc->tids + b, e - b, &counts[i], records ? threads + b : NULL);
+        if (err != 0) {
+            errs[i] = err;
+            memset(&counts[i], 0, sizeof counts[i]);
+        }
+    }
+    free(span);
+    return 0;
+}
+
+uint64_t cg_scanner_opens(struct cg_scanner *sc)
+{
+    return sc->opens;
+}
+
+uint32_t cg_scanner_max_fds(struct cg_scanner *sc)
+{
+    return sc->max_fds;
+}
+
+int cg_scanner_set_max_fds(struct cg_scanner *sc, uint32_t max_fds)
+{
+    if (sc == NULL || max_fds > MAX_FDS_LIMIT)
+        return EINVAL;
+    if (sc->nfds > max_fds)
+        cg_scanner_drop_cache(sc);
+    sc->max_fds = max_fds;
+    return 0;
 }

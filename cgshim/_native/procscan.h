@@ -77,3 +77,56 @@ void cg_scanner_drop_cache(struct cg_scanner *sc);
  * that is not a space or tab. Returns the letter (> 0) or -EINVAL if there is no
  * ')' or what follows it is not an ASCII letter. */
 int cg_stat_state(const char *buf, size_t len);
+
+/* ---- many thread lists in one call (a node sweep) --------------------------------
+ *
+ * One record per distinct listed tid, for callers that follow threads from one scan to
+ * the next. (tid, starttime) names a thread across pid reuse: starttime is field 22 of
+ * the stat line (clock ticks after boot; fs/proc/array.c do_task_stat, task->start_boottime).
+ * run_ns / delay_ns are reserved for the cumulative clocks of
+ * /proc/<pid>/task/<tid>/schedstat (sum_exec_runtime, run_delay): CG_SCAN_SCHEDSTAT is
+ * not implemented yet and refused with EINVAL; they read 0. */
+struct cg_scan_thread {
+    int32_t tid;
+    int32_t state;          /* the /proc letter (R, S, D, T, ...); 0: vanished; -1: denied */
+    uint64_t starttime;     /* stat field 22; 0 when state <= 0 */
+    uint64_t run_ns;        /* reserved: schedstat field 1 */
+    uint64_t delay_ns;      /* reserved: schedstat field 2 */
+};
+
+#define CG_SCAN_RECORDS 1   /* fill threads[] */
+#define CG_SCAN_SCHEDSTAT 2 /* reserved (exact load): EINVAL for now */
+
+/* Scan n thread lists (list_fds[i]: an open cgroup.threads or tasks file, read with
+ * pread from offset 0 to EOF) in one call. All lists are read and parsed first, then
+ * every cached tid they name is marked as listed by this scan (one epoch for the
+ * whole batch, so a cache that holds the node never evicts within a sweep), room is
+ * made for the rest, and each thread's stat file is read once per list that names it.
+ *
+ * counts[i] and errs[i] per list: errs[i] is 0, or the errno that failed that list
+ * alone (ENODEV/ENOENT: the cgroup was removed; EINVAL: not a thread list; EFBIG;
+ * EBADMSG: a stat line without a state; EMFILE; ...); counts[i] is then all zero.
+ *
+ * With CG_SCAN_RECORDS, the records of list i are threads[thread_end[i-1] ..
+ * thread_end[i]) (thread_end[-1] = 0), in list order; *nthreads gets the total. If
+ * threads_cap is too small the call fails with ENOSPC before reading any stat file,
+ * with *nthreads set to the number needed. Without it threads may be NULL.
+ *
+ * Returns 0 or an errno that failed the whole call (EINVAL, ENOMEM, ENOSPC). */
+int cg_scanner_scan_many(struct cg_scanner *sc, const int32_t *list_fds, uint32_t n,
+                         uint32_t flags, struct cg_scan_counts *counts, int32_t *errs,
+                         struct cg_scan_thread *threads, uint64_t threads_cap,
+                         uint64_t *thread_end, uint64_t *nthreads);
+
+/* Stat files opened (openat) by this scanner since it was made: a cache that holds
+ * the node opens each thread's file once, a thrashing one on every scan. */
+uint64_t cg_scanner_opens(struct cg_scanner *sc);
+
+/* Change max_fds (same bounds as cg_scanner_new). Shrinking below the fds held closes
+ * them all (the next scan reopens what fits). */
+int cg_scanner_set_max_fds(struct cg_scanner *sc, uint32_t max_fds);
+uint32_t cg_scanner_max_fds(struct cg_scanner *sc);
+
+/* Field 22 (starttime) of a stat line: 0 and *out, or EINVAL if the line does not
+ * reach it or a field before it is not a number. */
+int cg_stat_starttime(const char *buf, size_t len, uint64_t *out);

@@ -90,6 +90,18 @@ class ScanCounts(TaskCounts):
 _FIELDS = [a.name for a in attrs.fields(ScanCounts) if a.name != "nr_io_wait"]
 
 
+@attrs.frozen
+class ThreadRecord:
+    """One thread as a scan saw it (struct cg_scan_thread): ``state`` the /proc letter's
+    code (``chr(state)``), 0 if it exited before it was read, -1 if its stat file was
+    refused; ``starttime`` stat field 22 (clock ticks after boot): with ``tid`` it names
+    the thread across pid reuse."""
+
+    tid: int
+    state: int
+    starttime: int
+
+
 def effective_max_fds(max_fds: int) -> int:
     """``max_fds`` capped to a quarter (1/FD_SHARE) of the soft RLIMIT_NOFILE, so that a
     scanner's cache never takes the fds the rest of the process needs (1024 -> 256)."""
@@ -266,6 +278,91 @@ class Scanner:
                 raise _list_error(err, None, data)
             return _from_c(out)
 
+    def scan_many_raw(self, list_fds):
+        """Scan the thread lists open at ``list_fds`` in one native call (a node sweep):
+        ``(counts, errs)`` cffi arrays in order, ``errs[i]`` 0 or the errno that failed
+        list i alone (turn it into a typed error with :func:`list_error`). Needs the C
+        scanner (Unsupported otherwise): the pure-Python path has no batch."""
+        n = len(list_fds)
+        with self._lock:
+            self._check_open()
+            if self._sc is None:
+                raise Unsupported("scan_many needs the C scanner (cgshim._native.procscan)")
+            ffi, lib = self._mod.ffi, self._mod.lib
+            counts = ffi.new("struct cg_scan_counts[]", n)
+            errs = ffi.new("int32_t[]", n)
+            if n:
+                fds = ffi.new("int32_t[]", list_fds)
+                err = lib.cg_scanner_scan_many(self._sc, fds, n, 0, counts, errs, ffi.NULL, 0,
+                                               ffi.NULL, ffi.NULL)
+                if err:
+                    raise _list_error(err, f"{n} thread lists")
+            return counts, errs
+
+    def scan_many(self, list_fds):
+        """:meth:`scan_many_raw` as a list of ScanCounts or the CgshimError of that list."""
+        list_fds = [int(fd) for fd in list_fds]
+        counts, errs = self.scan_many_raw(list_fds)
+        return [_list_error(e, f"thread list fd {fd}") if e else _from_c(c)
+                for fd, c, e in zip(list_fds, counts, errs)]
+
+    def threads_many(self, list_fds):
+        """Per-thread records of the lists open at ``list_fds``: a list, in order, of either
+        the CgshimError of that list or ``(ScanCounts, [ThreadRecord, ...])`` (one record
+        per distinct listed tid; see struct cg_scan_thread in procscan.h)."""
+        list_fds = [int(fd) for fd in list_fds]
+        n = len(list_fds)
+        with self._lock:
+            self._check_open()
+            if self._sc is None:
+                raise Unsupported("threads_many needs the C scanner (cgshim._native.procscan)")
+            ffi, lib = self._mod.ffi, self._mod.lib
+            counts = ffi.new("struct cg_scan_counts[]", n)
+            errs = ffi.new("int32_t[]", n)
+            ends = ffi.new("uint64_t[]", max(n, 1))
+            total = ffi.new("uint64_t *")
+            fds = ffi.new("int32_t[]", list_fds or [0])
+            cap = 1024
+            while True:
+                threads = ffi.new("struct cg_scan_thread[]", cap)
+                err = lib.cg_scanner_scan_many(self._sc, fds, n, lib.CG_SCAN_RECORDS, counts,
+                                               errs, threads, cap, ends, total)
+                if err != errno.ENOSPC:
+                    break
+                cap = total[0] + 1024  # the lists grew meanwhile: room for them and more
+            if err:
+                raise _list_error(err, f"{n} thread lists")
+        out, begin = [], 0
+        for i in range(n):
+            end = ends[i]
+            if errs[i]:
+                out.append(_list_error(errs[i], f"thread list fd {list_fds[i]}"))
+                begin = end
+                continue
+            out.append((_from_c(counts[i]),
+                        [ThreadRecord(t.tid, t.state, t.starttime) for t in threads[begin:end]]))
+            begin = end
+        return out
+
+    @property
+    def opens(self) -> int:
+        """Stat files this scanner has opened since it was made (0 for the Python path,
+        which does not count): flat across scans once the cache holds every thread."""
+        with self._lock:
+            if self._sc is None:
+                return 0
+            return self._mod.lib.cg_scanner_opens(self._sc)
+
+    def set_max_fds(self, max_fds: int) -> int:
+        """Change how many stat fds the cache may hold (capped as in the constructor by
+        :func:`effective_max_fds`); returns the value now in force."""
+        max_fds = effective_max_fds(max_fds)
+        with self._lock:
+            self.max_fds = max_fds
+            if self._sc is not None:
+                self._mod.lib.cg_scanner_set_max_fds(self._sc, max_fds)
+        return max_fds
+
     def _scan_python(self, data, path):
         from cgshim.kernel.cgroupfs import parse_thread_list
 
@@ -332,3 +429,7 @@ def _read_quietly(fd):
 
 def _from_c(out):
     return ScanCounts(**{name: getattr(out, name) for name in _FIELDS})
+
+
+#: The typed error for an errno a scan returned for one list (scan_many_raw's errs).
+list_error = _list_error
