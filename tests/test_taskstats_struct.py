@@ -357,3 +357,69 @@ def test_real_kernel_payload_of_this_thread():
         assert len(data) == SIZES[ts.version]
     assert (ts.cpu_delay_max is not None) == (ts.version >= 15)
     assert (ts.irq_delay_max_ts is not None) == (ts.version >= 17)
+
+
+# --- the lazy TaskStats against the eager decoder ----------------------------------------
+
+from cgshim.kernel.taskstats import FIELDS, TASKSTATS_SIZES, decode_taskstats_eager  # noqa: E402
+
+
+@st.composite
+def any_version_payload(draw):
+    """A payload of any struct version 8..17 (and a few newer), at its own size, cut
+    short by whole or partial fields, or longer; random bytes behind a valid version."""
+    version = draw(st.sampled_from(list(range(8, 18)) + [18, 40000]))
+    own = TASKSTATS_SIZES.get(version, 688)
+    size = draw(st.one_of(st.just(own), st.integers(328, own), st.integers(own, own + 200)))
+    body = draw(st.binary(min_size=size - 2, max_size=size - 2))
+    return struct.pack("=H", version) + body
+
+
+@settings(max_examples=500, deadline=None)
+@given(any_version_payload())
+def test_lazy_equals_eager_every_field(data):
+    lazy = decode_taskstats(data)
+    eager = decode_taskstats_eager(data)
+    for name in FIELDS:
+        assert getattr(lazy, name) == eager[name], name
+    assert lazy.payload_size == eager["payload_size"] == len(data)
+    # equality and hashing follow the fields, not the bytes behind them
+    again = decode_taskstats(bytearray(data))
+    assert again == lazy and hash(again) == hash(lazy)
+
+
+@pytest.mark.parametrize("version", sorted(SIZES))
+def test_lazy_every_version_at_its_size(version):
+    table = V15 if version == 15 else V16
+    data, expected = build(table, 128 if version == 15 else 80, version, SIZES[version],
+                           None if version == 15 else V17_TS)
+    lazy = decode_taskstats(data)
+    eager = decode_taskstats_eager(data)
+    assert {n: getattr(lazy, n) for n in FIELDS} == {n: eager[n] for n in FIELDS}
+    check(lazy, expected, version, SIZES[version])
+
+
+def test_lazy_is_immutable_and_keeps_its_own_copy():
+    import attrs
+    buf = bytearray(build(V16, 80, 16, 560)[0])
+    ts = decode_taskstats(buf)
+    pid = ts.ac_pid
+    buf[128:132] = b"\0\0\0\0"  # the caller's buffer changes: the TaskStats does not
+    assert ts.ac_pid == pid
+    for name in ("ac_pid", "version", "payload_size", "anything"):
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            setattr(ts, name, 1)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        del ts.ac_pid
+    assert "ac_pid=" in repr(ts) and ts != decode_taskstats(bytes(buf))
+    import pickle
+    assert pickle.loads(pickle.dumps(ts)) == ts
+
+
+@pytest.mark.parametrize("cut", [0, 16, 327])
+def test_lazy_truncated_reply_is_a_typed_error(cut):
+    data = build(V16, 80, 16, 560)[0]
+    with pytest.raises(MalformedReply):
+        decode_taskstats(data[:cut])
+    with pytest.raises(MalformedReply):
+        decode_taskstats(struct.pack("=H", 7) + data[2:])

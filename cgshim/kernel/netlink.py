@@ -320,7 +320,27 @@ class TaskstatsSocket:
                                 bytes(self._ffi.buffer(self._stats, n)))
 
     def taskstats(self, pid: int, tgid: bool = False) -> TaskStats:
-        """struct taskstats of task ``pid``, or summed over thread group ``pid`` if ``tgid``."""
+        """struct taskstats of task ``pid``, or summed over thread group ``pid`` if ``tgid``.
+
+        The per-call path: one C call under the lock, one copy of the payload, and a lazy
+        :class:`TaskStats` that decodes a field when it is read. Anything unusual (first
+        use, a stale family id, an error, a struct longer than the buffer) takes
+        :meth:`taskstats_raw`."""
+        if pid.__class__ is int and 0 < pid <= 0x7FFFFFFF:
+            reply, stats = self._reply, self._stats
+            with self._lock:
+                family = self._family
+                if self._fd >= 0 and family is not None:
+                    seq = self._seq = (self._seq + 1) & 0xFFFFFFFF
+                    rc = self._c.cg_nl_taskstats(self._fd, family, seq, pid, 1 if tgid else 0,
+                                                 reply, stats, _STATS_CAP)
+                    if not rc:
+                        n = reply.stats_len
+                        if n <= _STATS_CAP:
+                            return decode_taskstats(self._ffi.buffer(stats, n)[:])
+                    elif rc != errno.ENOENT:  # ENOENT: maybe a stale family id, below
+                        raise _error(rc, f"taskstats of {'tgid' if tgid else 'pid'} {pid}",
+                                     _TASKSTATS_HINTS)
         return decode_taskstats(self.taskstats_raw(pid, tgid).payload)
 
 

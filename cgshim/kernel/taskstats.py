@@ -141,24 +141,6 @@ _TS_FIELDS = frozenset(f"{kind}_delay_max_ts" for kind in _DELAY_KINDS)
 _SINCE_16_FIELDS = frozenset(f"{kind}_delay_{m}" for kind in _DELAY_KINDS for m in ("max", "min"))
 
 
-def _make_taskstats_class():
-    def _ann(name):
-        if name == "ac_comm":
-            return "str | None"
-        if name in _TS_FIELDS:
-            return "Timespec | None"
-        return "int | None"
-
-    these = {name: attrs.field() for name in FIELDS}
-    these["payload_size"] = attrs.field()
-    cls = attrs.make_class(
-        "TaskStats", these, frozen=True, slots=True,
-        class_body={"__module__": __name__, "__doc__": _TASKSTATS_DOC,
-                    "__annotations__": {**{n: _ann(n) for n in FIELDS}, "payload_size": "int"}},
-    )
-    return cls
-
-
 _TASKSTATS_DOC = """One decoded ``struct taskstats`` (include/uapi/linux/taskstats.h).
 
 Attributes carry the kernel's field names (``version``, ``ac_pid``, ``nvcsw``,
@@ -167,10 +149,12 @@ Attributes carry the kernel's field names (``version``, ``ac_pid``, ``nvcsw``,
 ``<x>_delay_max_ts`` (v17) are :class:`Timespec`; ``payload_size`` is the number of bytes
 the kernel sent. Delay fields read 0 while delay accounting is off
 (sysctl kernel.task_delayacct, default off since 5.14).
+
+Lazy and immutable: the object keeps the payload bytes (a private copy) and decodes a
+field from them when it is read, so a caller that reads three of the 79 fields pays for
+three. Setting or deleting an attribute raises ``attrs.exceptions.FrozenInstanceError``;
+two TaskStats are equal when every field is.
 """
-
-TaskStats = _make_taskstats_class()
-
 
 class _Layout:
     """Precomputed decoding of one layout: a struct.Struct for every whole-field prefix."""
@@ -178,6 +162,7 @@ class _Layout:
     def __init__(self, layout):
         self.names = []        # field names in this layout's order (no padding)
         self.offsets = []      # byte offset where each named field starts
+        self.formats = []      # struct format of each named field ("ts": a timespec)
         self.ends = []         # byte offset where each named field ends
         self.since = []        # version that introduced each named field
         self.structs = []      # structs[n]: Struct decoding the first n named fields
@@ -189,6 +174,7 @@ class _Layout:
             if name is None:
                 continue
             self.offsets.append(start)
+            self.formats.append(f)
             self.names.append(name)
             self.since.append(since)
             self.ends.append(struct.calcsize(fmt))
@@ -218,8 +204,133 @@ _VERSION = struct.Struct("=H")
 _count_cache = {}
 
 
+def _check(data):
+    """(bytes, version, layout, number of fields present) of a payload, or MalformedReply."""
+    size = len(data)
+    if size < MIN_SIZE:
+        raise MalformedReply(
+            f"struct taskstats payload is {size} bytes, less than the {MIN_SIZE} of version 8;"
+            " not a TASKSTATS_TYPE_STATS attribute, or a kernel older than 2.6.3x")
+    (version,) = _VERSION.unpack_from(data)
+    key = (version, size)
+    hit = _lazy_cache.get(key)
+    if hit is not None:
+        return hit
+    if version < 8:
+        raise MalformedReply(
+            f"struct taskstats claims version {version} in a {size}-byte payload;"
+            " versions before 8 are shorter than 328 bytes")
+    layout = _V15 if version == 15 else _V17
+    hit = (layout, layout.count(min(version, KNOWN_VERSION), size))
+    if len(_lazy_cache) < 4096:
+        _lazy_cache[key] = hit
+    return hit
+
+
+# (version, size) -> (layout, fields present); few distinct keys in practice, bounded anyway
+_lazy_cache = {}
+
+
 def decode_taskstats(data) -> "TaskStats":
     """Decode a TASKSTATS_TYPE_STATS attribute payload (bytes-like) into a :class:`TaskStats`.
+
+    The layout follows the ``version`` field (u16 at offset 0) and the payload length;
+    raises :class:`MalformedReply` when fewer than the 328 bytes of the v8 prefix came, or
+    when the version is older than 8 (the kernel never sends such a version at that size).
+    Fields are decoded when read (see :class:`TaskStats`).
+    """
+    if type(data) is not bytes:
+        data = bytes(data)  # a private copy: the caller's buffer may change
+    layout, n = _check(data)
+    obj = _new(TaskStats)
+    _set(obj, "_state", (data, layout, n))
+    return obj
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+class TaskStats:
+    __doc__ = _TASKSTATS_DOC
+    __slots__ = ("_state",)
+
+    def __setattr__(self, name, value):
+        raise attrs.exceptions.FrozenInstanceError()
+
+    def __delattr__(self, name):
+        raise attrs.exceptions.FrozenInstanceError()
+
+    def __reduce__(self):
+        return decode_taskstats, (self._state[0],)
+
+    @property
+    def payload_size(self) -> int:
+        return len(self._state[0])
+
+    def _values(self):
+        return tuple(getattr(self, name) for name in FIELDS)
+
+    def __eq__(self, other):
+        if other.__class__ is not TaskStats:
+            return NotImplemented
+        return self.payload_size == other.payload_size and self._values() == other._values()
+
+    def __hash__(self):
+        return hash((self.payload_size, self._values()))
+
+    def __repr__(self):
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in FIELDS)
+        return f"TaskStats({inner}, payload_size={self.payload_size})"
+
+
+def _getter(layout, j):
+    """A function payload -> value of the j-th named field of layout."""
+    name, start, end = layout.names[j], layout.offsets[j], layout.ends[j]
+    if name == "ac_comm":
+        def comm(data):
+            raw = data[start:end]
+            nul = raw.find(b"\0")
+            return (raw if nul < 0 else raw[:nul]).decode("utf-8", "replace")
+        return comm
+    if name in _TS_FIELDS:
+        unpack = struct.Struct("=qq").unpack_from
+        return lambda data: Timespec(*unpack(data, start))
+    unpack = struct.Struct("=" + layout.formats[j]).unpack_from
+    return lambda data: unpack(data, start)[0]
+
+
+class _Field:
+    """Descriptor of one TaskStats field: decoded from the payload when read."""
+
+    __slots__ = ("by_layout",)
+
+    def __init__(self, name):
+        # per layout: (index among its named fields, getter); a field every layout has
+        self.by_layout = {id(lay): (lay.names.index(name), _getter(lay, lay.names.index(name)))
+                          for lay in (_V15, _V17) if name in lay.names}
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        data, layout, n = obj._state
+        hit = self.by_layout.get(id(layout))
+        if hit is None:
+            return None  # a field this layout does not have (v15 has no timespecs)
+        j, get = hit
+        return get(data) if j < n else None
+
+
+for _name in FIELDS:
+    setattr(TaskStats, _name, _Field(_name))
+del _name
+TaskStats.__module__ = __name__
+
+
+def decode_taskstats_eager(data) -> dict:
+    """Every field of a TASKSTATS_TYPE_STATS payload decoded at once: a dict name -> value
+    (None where absent) plus ``payload_size``. The reference the lazy :class:`TaskStats`
+    is tested against; same checks and errors as :func:`decode_taskstats`.
 
     The layout follows the ``version`` field (u16 at offset 0) and the payload length;
     raises :class:`MalformedReply` when fewer than the 328 bytes of the v8 prefix came, or
@@ -259,8 +370,10 @@ def decode_taskstats(data) -> "TaskStats":
         for pos, value in zip(layout.target, values):
             out[pos] = value
         values = out
-    return TaskStats(*values, size)
+    out = dict(zip(FIELDS, values))
+    out["payload_size"] = size
+    return out
 
 
-__all__ = ["TaskStats", "Timespec", "decode_taskstats", "FIELDS", "KNOWN_VERSION",
+__all__ = ["TaskStats", "Timespec", "decode_taskstats", "decode_taskstats_eager", "FIELDS", "KNOWN_VERSION",
            "TASKSTATS_SIZES", "MIN_SIZE", "TS_COMM_LEN"]
