@@ -173,11 +173,15 @@ class Sampler:
     """Polls cgroups every ``interval`` seconds on one background thread and smooths their load.
 
     ``reader`` is a :class:`cgshim.Reader` (anything with ``cpu_load(path, *, recursive=False)``
-    returning a :class:`cgshim.CpuLoad`, or an object whose ``cpu_load`` attribute is one).
+    returning a :class:`cgshim.CpuLoad`, or an object whose ``cpu_load`` attribute is one;
+    optionally with ``sweep(roots, *, recursive=False)`` returning a :class:`cgshim.Sweep`
+    of such readings).
     ``paths`` is either a fixed iterable of cgroup paths or a callable returning the current
     ones, asked again at every tick (e.g. built on :func:`cgshim.k8s.discover`).
 
-    Per tick, each path is read once with ``reader.cpu_load(path, recursive=recursive)``:
+    Per tick, the paths are read in one ``reader.sweep(roots, recursive=recursive)`` over
+    the fewest of them that cover the rest (a reader without ``sweep`` reads each path with
+    ``reader.cpu_load(path, recursive=recursive)``; both give the same reading):
 
     - a reading with task counts updates that path's :class:`LoadTracker` (created on its first
       reading); one whose ``nr_running`` or ``nr_uninterruptible`` is None (a PSI-only source)
@@ -347,12 +351,43 @@ class Sampler:
         if self._on_error is not None:
             self._on_error(path, exc)
 
+    def _swept(self, paths):
+        """path -> CpuLoad or the CgshimError it got, from one ``reader.sweep()`` over the
+        fewest roots that cover ``paths``; None if the reader has no sweep (then each path
+        is read with ``cpu_load``) or the sweep itself failed (reported, then the same)."""
+        sweep = getattr(self._reader, "sweep", None)
+        if sweep is None or not paths:
+            return None
+        roots = _covering(paths)
+        try:
+            swept = sweep(roots, recursive=self._recursive)
+        except CgshimError as exc:
+            self._report(None, exc)
+            return None
+        out = {}
+        for path in paths:
+            key = _swept_key(swept, roots, path)
+            if key in swept:
+                out[path] = swept[key]
+            elif key in swept.errors:
+                out[path] = swept.errors[key]
+            else:  # removed between the path list and the sweep's walk
+                out[path] = CgroupNotFound(f"{path}: not found by the sweep")
+        return out
+
     def _tick(self, stop_event):
-        for path in self._current_paths():
+        paths = self._current_paths()
+        swept = self._swept(paths)
+        for path in paths:
             if stop_event is not None and stop_event.is_set():
                 return
             try:
-                reading = self._reader.cpu_load(path, recursive=self._recursive)
+                if swept is None:
+                    reading = self._reader.cpu_load(path, recursive=self._recursive)
+                else:
+                    reading = swept[path]
+                    if isinstance(reading, CgshimError):
+                        raise reading
             except CgroupNotFound:
                 with self._lock:
                     self._forget(path)
@@ -384,3 +419,31 @@ class Sampler:
                     if exact.timestamp is None or load.timestamp > exact.timestamp:
                         exact.update(load.timestamp, runnable_s, load.runqueue_seconds,
                                      blocked or 0)
+
+
+def _covering(paths):
+    """The paths none of whose ancestors is among ``paths`` (as given, compared by path
+    components): a sweep of these reaches every one of ``paths``."""
+    out = []
+    for path in sorted(paths, key=lambda p: (p.rstrip("/").count("/"), p)):
+        norm = path.rstrip("/") + "/"
+        if not any(norm.startswith(root.rstrip("/") + "/") for root in out):
+            out.append(path)
+    return out
+
+
+def _swept_key(swept, roots, path):
+    """The absolute directory under which ``swept`` holds ``path`` (a directory, or a
+    cgroup name under one of ``roots`` given as a name)."""
+    if path in swept or path in swept.errors:
+        return path
+    for root in roots:
+        base = swept.roots.get(root)
+        if base is None:
+            continue
+        if path == root:
+            return base
+        prefix = root.rstrip("/") + "/"
+        if path.startswith(prefix):
+            return base.rstrip("/") + "/" + path[len(prefix):]
+    return path

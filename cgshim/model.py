@@ -7,6 +7,9 @@
 - :class:`BackendStatus` -- whether a backend can serve this host, and how
   (:func:`cgshim.backends`).
 """
+import collections.abc
+import types
+
 import attrs
 
 #: The count fields, in the one order of TaskCounts and CpuLoad.
@@ -115,3 +118,52 @@ class BackendStatus:
     implementation: "str | None"
     reason: "str | None"
     cgroup_versions: tuple
+
+
+class Sweep(collections.abc.Mapping):
+    """One pass over a node's cgroups (:meth:`cgshim.Reader.sweep`): a read-only mapping
+    from each cgroup's absolute directory to its :class:`CpuLoad`, in the order the pass
+    found them (parents before children).
+
+    - ``timestamp``: ``time.monotonic()`` when the pass began (the clock of
+      ``CpuLoad.timestamp``); ``duration``: seconds the pass took.
+    - ``errors``: cgroup directory -> the typed error (a :class:`cgshim.CgshimError`) that
+      cgroup got instead of a reading; e.g. CgroupNotFound for one removed mid-sweep. One
+      cgroup failing never fails the sweep. A root that does not exist is here too.
+    - ``roots``: each root as given -> its absolute directory.
+    - ``warnings``: what the pass could not do as well as it should, in words (e.g. the
+      scanner's fd cache cannot hold every thread of the node under RLIMIT_NOFILE, so
+      some stat files are opened on every sweep).
+    """
+
+    __slots__ = ("_readings", "_errors", "_roots", "_timestamp", "_duration", "_warnings")
+
+    def __init__(self, readings, *, timestamp, duration, errors=None, roots=None, warnings=()):
+        self._readings = dict(readings)
+        self._errors = types.MappingProxyType(dict(errors or {}))
+        self._roots = types.MappingProxyType(dict(roots or {}))
+        self._timestamp = float(timestamp)
+        self._duration = float(duration)
+        self._warnings = tuple(warnings)
+
+    timestamp = property(lambda self: self._timestamp, doc="monotonic time the pass began")
+    duration = property(lambda self: self._duration, doc="seconds the pass took")
+    errors = property(lambda self: self._errors, doc="cgroup directory -> typed error")
+    roots = property(lambda self: self._roots, doc="root as given -> absolute directory")
+    warnings = property(lambda self: self._warnings, doc="what the pass could not do well")
+
+    def __getitem__(self, path):
+        return self._readings[path]
+
+    def __iter__(self):
+        return iter(self._readings)
+
+    def __len__(self):
+        return len(self._readings)
+
+    def __contains__(self, path):
+        return path in self._readings
+
+    def __repr__(self):
+        return (f"<Sweep {len(self._readings)} cgroups, {len(self._errors)} errors, "
+                f"{self._duration * 1e3:.2f} ms>")
