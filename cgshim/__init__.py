@@ -19,7 +19,7 @@ from cgshim.errors import (
 )
 from cgshim.kernel.mounts import Hierarchy, Mount, hierarchy
 from cgshim.load import LoadTracker, Sampler
-from cgshim.model import BackendStatus, CpuLoad, TaskCounts
+from cgshim.model import BackendStatus, CpuLoad, Sweep, TaskCounts
 from cgshim.kernel.netlink import taskstats
 from cgshim.kernel.psi import Pressure, PressureLine
 from cgshim.reader import Reader, backends, get_cpu_load
@@ -32,6 +32,6 @@ __all__ = [
     "BackendStatus", "CgroupNotFound", "CgshimError", "CpuLoad", "FamilyNotFound", "Hierarchy",
     "KernelError", "LoadTracker", "MalformedReply", "Mount", "NetlinkError", "NetlinkTimeout", "NotACgroup", "ParseError",
     "PermissionDenied", "Pressure", "PressureLine", "Reader", "RunnableAverage", "Sampler",
-    "TaskCounts",
+    "Sweep", "TaskCounts",
     "TaskStats", "Unsupported", "backends", "get_cpu_load", "hierarchy", "taskstats",
 ]

@@ -40,13 +40,14 @@ import time
 import warnings
 
 from cgshim import _native
-from cgshim.kernel import cgroupfs, netlink, psi
+from cgshim.kernel import cgroupfs, netlink, psi, threadstat
 from cgshim.kernel.mounts import hierarchy as _load_hierarchy, resolve as _resolve, twin_v2 as _twin_v2
 from cgshim.errors import (
     CgroupNotFound, CgshimError, FamilyNotFound, NetlinkError, NetlinkTimeout, PermissionDenied,
     Unsupported, translate,
 )
-from cgshim.model import BackendStatus, CpuLoad
+from cgshim.kernel.mounts import Resolved
+from cgshim.model import BackendStatus, CpuLoad, Sweep
 from cgshim.kernel.threadstat import Scanner
 
 _LIST_FILE = {1: "tasks", 2: "cgroup.threads"}
@@ -64,7 +65,7 @@ class _Target:
     """
 
     __slots__ = ("resolved", "dir_fd", "dir_id", "psi_fd", "psi_path", "psi_checked",
-                 "psi_denied", "lock", "closed", "used")
+                 "psi_denied", "lock", "closed", "used", "list_fd")
 
     def __init__(self, resolved):
         self.resolved = resolved
@@ -77,14 +78,15 @@ class _Target:
         self.lock = threading.Lock()
         self.closed = False
         self.used = True  # CLOCK bit: read since the last eviction sweep passed it
+        self.list_fd = None  # the thread list, held by Reader.sweep's scan
 
     def close(self):
         with self.lock:
             self.closed = True
-            for fd in (self.dir_fd, self.psi_fd):
+            for fd in (self.dir_fd, self.psi_fd, self.list_fd):
                 if fd is not None:
                     os.close(fd)
-            self.dir_fd = self.psi_fd = None
+            self.dir_fd = self.psi_fd = self.list_fd = None
 
 
 # ------------------------------------------------------------------------------ backends
@@ -124,6 +126,25 @@ class _Backend:
 
     def counts(self, target):
         raise NotImplementedError
+
+    def counts_many(self, targets):
+        """The node sweep's read (:meth:`Reader.sweep`): many cgroups in one pass. Returns
+        a list in the order of ``targets``, each a 5-tuple of counts in
+        :data:`cgshim.model.COUNT_FIELDS` order, None (a reading without counts), a
+        :class:`_PassOver`, or the CgshimError that cgroup got. Called by one thread at a
+        time (the Reader's sweep lock); the targets are the sweep's own. A backend that
+        reads many cgroups natively overrides this; the default asks :meth:`counts`."""
+        out = []
+        for target in targets:
+            try:
+                counts = self.counts(target)
+            except CgshimError as exc:  # _PassOver included
+                out.append(exc)
+                continue
+            out.append(None if counts is None else
+                       (counts.nr_running, counts.nr_sleeping, counts.nr_uninterruptible,
+                        counts.nr_stopped, counts.nr_io_wait))
+        return out
 
     def close(self):
         pass
@@ -178,16 +199,74 @@ class _Netlink(_Backend):
             raise _PassOver(f"netlink unavailable ({exc})", exc) from exc
         if not (counts.nr_running or counts.nr_sleeping or counts.nr_uninterruptible
                 or counts.nr_stopped or counts.nr_io_wait):
-            # A held fd of a removed v1 cgroup still answers, with all zeros (seen on 6.18:
-            # cgroupstats_build() finds the dying cgroup through the fd). rmdir needs an
-            # empty cgroup, so only an all-zero answer can come from one: check the path.
-            try:
-                st = os.stat(target.resolved.path)
-            except OSError as exc:  # ENOENT/ENODEV: CgroupNotFound
-                raise translate(exc, target.resolved.path, cgroup=target.resolved.path) from exc
-            if (st.st_dev, st.st_ino) != target.dir_id:
-                raise CgroupNotFound(f"{target.resolved.path}: cgroup was removed (and re-created)")
+            _still_there(target)
         return counts
+
+    def counts_many(self, targets):
+        """CGROUPSTATS for every target in one native call (cg_nl_cgroupstats_many): the
+        requests go out back to back and the answers come back by sequence number, one
+        cgroup's error staying with that cgroup. Same verdicts as :meth:`counts`."""
+        if self.down is not None:
+            why = _PassOver(f"netlink unavailable ({self.down})",
+                            Unsupported(f"netlink unavailable: {self.down}"))
+            return [why] * len(targets)
+        try:
+            sock = self._socket()
+        except (NetlinkError, Unsupported) as exc:
+            if isinstance(exc, Unsupported) or isinstance(exc, FamilyNotFound):
+                self.down = self.down or str(exc)
+            why = _PassOver(f"netlink unavailable ({exc})", exc)
+            return [why] * len(targets)
+        if not isinstance(sock, netlink.TaskstatsSocket):  # pyroute2: one by one
+            return super().counts_many(targets)
+        out = [None] * len(targets)
+        fds, where = [], []
+        for i, target in enumerate(targets):
+            if target.dir_fd is None:
+                try:
+                    target.dir_fd = _open_dir(target.resolved.path)
+                    st = os.fstat(target.dir_fd)
+                except CgshimError as exc:
+                    out[i] = exc
+                    continue
+                target.dir_id = (st.st_dev, st.st_ino)
+            fds.append(target.dir_fd)
+            where.append(i)
+        try:
+            answers, errs = sock.cgroupstats_many_raw(fds)
+        except FamilyNotFound as exc:
+            self.down = str(exc)
+            why = _PassOver(f"netlink unavailable ({exc})", exc)
+            for i in where:
+                out[i] = why
+            return out
+        except NetlinkError as exc:  # the socket itself failed: every cgroup passes over
+            why = _PassOver(f"netlink: {exc}", exc)
+            for i in where:
+                out[i] = why
+            return out
+        for k, i in enumerate(where):
+            err = errs[k]
+            target = targets[i]
+            if err:
+                if err in _GONE:
+                    out[i] = CgroupNotFound(f"{target.resolved.path}: cgroup was removed")
+                    continue
+                exc = netlink._error(err, f"cgroupstats of {target.resolved.path}",
+                                     netlink._CGROUPSTATS_HINTS)
+                out[i] = _PassOver(f"netlink: {exc}", exc)
+                continue
+            c = answers[k]
+            counts = (c.nr_running, c.nr_sleeping, c.nr_uninterruptible, c.nr_stopped,
+                      c.nr_io_wait)
+            if not any(counts):
+                try:
+                    _still_there(target)
+                except CgroupNotFound as exc:
+                    out[i] = exc
+                    continue
+            out[i] = counts
+        return out
 
     def _socket(self):
         sock = self._sock
@@ -228,6 +307,19 @@ class _Netlink(_Backend):
         return True, implementation, fallback
 
 
+def _still_there(target):
+    """A held fd of a removed v1 cgroup still answers CGROUPSTATS, with all zeros (seen on
+    6.18: cgroupstats_build() finds the dying cgroup through the fd). rmdir needs an empty
+    cgroup, so only an all-zero answer can come from one: check the path is still the
+    directory the fd was opened on; CgroupNotFound if not."""
+    try:
+        st = os.stat(target.resolved.path)
+    except OSError as exc:  # ENOENT/ENODEV: CgroupNotFound
+        raise translate(exc, target.resolved.path, cgroup=target.resolved.path) from exc
+    if (st.st_dev, st.st_ino) != target.dir_id:
+        raise CgroupNotFound(f"{target.resolved.path}: cgroup was removed (and re-created)")
+
+
 def _netlink_implementation():
     """(what netlink.open_socket() will use or None, why not the C core or None)."""
     if _native.netlink is not None:
@@ -246,6 +338,7 @@ class _Scan(_Backend):
         super().__init__(reader, proc_root=proc_root, timeout=timeout, max_fds=max_fds)
         self.scanner = Scanner(proc_root, max_fds)
         self.implementation = "native" if self.scanner.native else "python"
+        self.listed = 0  # threads the last counts_many listed (sizes the fd cache)
 
     def close(self):
         self.scanner.close()
@@ -269,15 +362,117 @@ class _Scan(_Backend):
             if counts.nr_listed and counts.nr_listed == counts.nr_vanished:
                 raise _NotVisible(f"none of the {counts.nr_listed} listed threads is visible "
                                   f"in this pid namespace's /proc")
-        if counts.nr_hidden:
-            # Listed as "0": tasks with no pid in this pid namespace. Counting the rest
-            # would be a silently wrong (partial) number.
-            raise _NotVisible(f"{counts.nr_hidden} of the cgroup's tasks have no pid in this "
-                              f"pid namespace")
-        if counts.nr_denied:
-            raise PermissionDenied(f"{counts.nr_denied} thread stat files of {resolved.path} "
-                                   f"are not readable")
+        _scan_verdict(resolved, counts)
         return counts
+
+    def counts_many(self, targets):
+        """All thread lists in one C call (cg_scanner_scan_many) over list fds held
+        between sweeps; same verdicts as :meth:`counts`. The cache is then sized to the
+        node (:meth:`fit_cache`)."""
+        if not self.scanner.native:
+            return super().counts_many(targets)
+        out = [None] * len(targets)
+        fds, where, transient = [], [], []
+        try:
+            for i, target in enumerate(targets):
+                fd = target.list_fd
+                if fd is None:
+                    resolved = target.resolved
+                    file = os.path.join(resolved.path, _LIST_FILE[resolved.version])
+                    try:
+                        fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
+                    except OSError as exc:
+                        out[i] = self._pass_over(translate(exc, file, cgroup=resolved.path))
+                        continue
+                    if resolved.version == 2:
+                        target.list_fd = fd  # cgroup.threads: a pread from 0 lists anew
+                    else:
+                        # v1 "tasks" keeps the pid list it built for an open file for a
+                        # while (kernel/cgroup/cgroup-v1.c, cgroup_pidlist_start and
+                        # CGROUP_PIDLIST_DESTROY_DELAY): a held fd reads stale. Open anew.
+                        transient.append(fd)
+                fds.append(fd)
+                where.append(i)
+            self.listed = 0
+            counts, errs = self.scanner.scan_many_raw(fds)
+            retry = []
+            for k, i in enumerate(where):
+                out[i] = self._outcome(targets[i], counts[k], errs[k], retry, i)
+            if retry:
+                # Either every thread exited in between, or none of the tids is visible in
+                # this pid namespace. Look once more: a live cgroup cannot vanish twice in a
+                # row.
+                again = []
+                for i in retry:
+                    fd = fds[where.index(i)]
+                    if targets[i].resolved.version == 1:  # a fresh pid list (see above)
+                        try:
+                            fd = os.open(os.path.join(targets[i].resolved.path, "tasks"),
+                                         os.O_RDONLY | os.O_CLOEXEC)
+                        except OSError:
+                            pass  # the old one: its error, if any, shows in the scan
+                        else:
+                            transient.append(fd)
+                    again.append(fd)
+                counts, errs = self.scanner.scan_many_raw(again)
+                for k, i in enumerate(retry):
+                    out[i] = self._outcome(targets[i], counts[k], errs[k], None, i)
+        finally:
+            for fd in transient:
+                os.close(fd)
+        return out
+
+    def _outcome(self, target, c, err, retry, i):
+        """One list's result of scan_many as counts_many returns it; with ``retry`` a
+        list whose every thread vanished is put there instead (to be scanned again)."""
+        if err:
+            resolved = target.resolved
+            file = os.path.join(resolved.path, _LIST_FILE[resolved.version])
+            return self._pass_over(threadstat.list_error(err, file), target)
+        if c.nr_listed and c.nr_listed == c.nr_vanished:
+            if retry is not None:
+                retry.append(i)
+                return None
+            return self._pass_over(_NotVisible(f"none of the {c.nr_listed} listed threads is "
+                                               f"visible in this pid namespace's /proc"), target)
+        self.listed += c.nr_listed
+        try:
+            _scan_verdict(target.resolved, c)
+        except (PermissionDenied, _NotVisible) as exc:
+            return self._pass_over(exc, target)
+        return (c.nr_running, c.nr_sleeping, c.nr_uninterruptible, c.nr_stopped, None)
+
+    @staticmethod
+    def _pass_over(exc, target=None):
+        if isinstance(exc, PermissionDenied):
+            return _PassOver(f"threads cannot be enumerated: {exc}", exc)
+        if isinstance(exc, _NotVisible):
+            return _PassOver(str(exc), PermissionDenied(f"{target.resolved.path}: {exc}"))
+        return exc
+
+    def fit_cache(self, threads, reserve):
+        """Size the scanner's fd cache to hold ``threads`` stat files (what the last sweep
+        listed, with room to grow), within RLIMIT_NOFILE less ``reserve`` fds for
+        everything else; raise the soft limit to the hard one first if that is needed and
+        allowed (as node agents do). Returns a warning if the cache cannot hold them."""
+        want = threads + threads // 4 + 64
+        if want <= self.scanner.max_fds:
+            return None
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < want + reserve and soft != hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                soft = hard
+            except (ValueError, OSError):
+                pass
+        budget = want if soft == resource.RLIM_INFINITY else max(0, soft - reserve)
+        self.scanner.set_max_fds(min(want, budget))
+        if self.scanner.max_fds < threads:
+            return (f"the scanner's fd cache holds {self.scanner.max_fds} of the node's "
+                    f"{threads} threads (RLIMIT_NOFILE soft {soft}, hard {hard}): the other "
+                    f"stat files are opened and closed on every sweep; raise the hard limit "
+                    f"(ulimit -n, LimitNOFILE=, or the container runtime's nofile)")
+        return None
 
     @classmethod
     def probe(cls, hier, proc_root):
@@ -291,6 +486,18 @@ class _Scan(_Backend):
                                 f"pure Python scans instead")
 
 
+def _scan_verdict(resolved, counts):
+    """Raise if a scan's counts cannot be the cgroup's counts: tasks without a pid in this
+    pid namespace ("0" lines; counting the rest would be a silently wrong, partial number)
+    or stat files that were refused."""
+    if counts.nr_hidden:
+        raise _NotVisible(f"{counts.nr_hidden} of the cgroup's tasks have no pid in this "
+                          f"pid namespace")
+    if counts.nr_denied:
+        raise PermissionDenied(f"{counts.nr_denied} thread stat files of {resolved.path} "
+                               f"are not readable")
+
+
 class _Psi(_Backend):
     """No counts: the reading carries only cpu.pressure (read for every backend)."""
 
@@ -300,6 +507,9 @@ class _Psi(_Backend):
 
     def counts(self, target):
         return None
+
+    def counts_many(self, targets):
+        return [None] * len(targets)
 
     @classmethod
     def probe(cls, hier, proc_root):
@@ -400,6 +610,8 @@ class Reader:
         # The chain per cgroup version, fixed for the Reader's life.
         self._chains = {v: tuple(b for b in self._backends.values() if v in b.cgroup_versions)
                         for v in (1, 2)}
+        self._sweep_lock = threading.Lock()
+        self._swept = {}  # absolute directory -> _Target held by sweep() between passes
 
     # -- lifecycle -------------------------------------------------------------------
     def close(self):
@@ -408,6 +620,9 @@ class Reader:
             self._closed = True
             targets = list(self._targets.values())
             self._targets.clear()
+        with self._sweep_lock:  # after a sweep in flight
+            targets += self._swept.values()
+            self._swept = {}
         for target in targets:  # outside the Reader lock: close() waits for readers
             target.close()
         for backend in self._backends.values():
@@ -482,6 +697,156 @@ class Reader:
                        counts.nr_sleeping, counts.nr_uninterruptible, counts.nr_stopped,
                        counts.nr_io_wait, pressure, time.monotonic(), reason,
                        backend.implementation)
+
+    # -- the node sweep -------------------------------------------------------------------
+    def sweep(self, roots=None, *, recursive=False):
+        """Read every cgroup at or below each root in one pass per backend: a
+        :class:`cgshim.Sweep` mapping each cgroup's absolute directory to its CpuLoad.
+
+        ``roots``: cgroup names (``/kubepods.slice``) or absolute cgroupfs directories, as
+        :meth:`cpu_load` takes them; None means the host's default roots
+        (:func:`default_roots`: the v1 ``cpu`` hierarchy on a v1 or hybrid host, cgroup2 on
+        a unified one). ``recursive`` as in :meth:`cpu_load`: each reading then counts its
+        descendants too. Each reading is the one :meth:`cpu_load` gives for that cgroup.
+
+        Every backend reads all of its cgroups in one native call (netlink: CGROUPSTATS for
+        all held directory fds back to back; scan: every thread list in one C scan with the
+        held stat fds). What the pass holds between sweeps: per cgroup its directory or
+        thread-list fd and cpu.pressure fd, resolved once when it first appears and closed
+        in the pass that finds it gone. A cgroup that fails (removed mid-pass:
+        CgroupNotFound) is in ``Sweep.errors``, never an exception; a root that does not
+        exist too. Raises only for the Reader itself (closed) or a bad ``roots`` argument.
+        """
+        if isinstance(roots, (str, bytes)):
+            raise TypeError("roots must be a sequence of cgroup paths or names, not one string")
+        started = time.monotonic()
+        errors, warnings_ = {}, []
+        with self._sweep_lock:
+            if self._closed:
+                raise CgshimError("this Reader is closed")
+            if roots is None:
+                roots = default_roots(self.hierarchy)
+            found, root_dirs = self._discover(roots, errors)
+            # Cgroups gone since the last pass: release their fds now.
+            swept = self._swept
+            for path in [p for p in swept if p not in found]:
+                swept.pop(path).close()
+            for path, resolved in found.items():
+                if path not in swept:
+                    swept[path] = _Target(resolved)
+            results = self._sweep_counts([swept[p] for p in found])
+            # Gone since the walk (or re-created under the same name, which left our fds on
+            # the old directory): release, and read a fresh resolution of what still exists.
+            stale = [p for p, r in results.items() if isinstance(r, CgroupNotFound)]
+            fresh = []
+            for path in stale:
+                swept.pop(path).close()
+                if os.path.isdir(path):
+                    swept[path] = _Target(found[path])
+                    fresh.append(swept[path])
+            if fresh:
+                results.update(self._sweep_counts(fresh))
+            for path in stale:
+                if isinstance(results[path], CgroupNotFound) and path in swept:
+                    swept.pop(path).close()
+            if recursive:
+                results = _subtree_sums(found, results)
+            readings = {}
+            for path, result in results.items():
+                if isinstance(result, CgshimError):
+                    errors[path] = result
+                    continue
+                try:
+                    readings[path] = self._sweep_reading(swept[path], *result)
+                except CgshimError as exc:
+                    errors[path] = exc
+                    if isinstance(exc, CgroupNotFound):
+                        swept.pop(path).close()
+            scan = self._backends.get("scan")
+            if scan is not None and scan.scanner.native and scan.listed:
+                # everything else this process holds: the pass's fds (up to 2 per cgroup),
+                # the cpu_load cache's, and room for the rest of the process
+                warning = scan.fit_cache(scan.listed, 2 * len(swept) + 2 * self._max_cgroups + 256)
+                if warning:
+                    warnings_.append(warning)
+        return Sweep(readings, timestamp=started, duration=time.monotonic() - started,
+                     errors=errors, roots=root_dirs, warnings=warnings_)
+
+    def _discover(self, roots, errors):
+        """{absolute directory: Resolved} of every cgroup at or below each root, parents
+        before children, and {root as given: its directory}. A root that cannot be
+        resolved or walked goes into ``errors`` under its name."""
+        found, root_dirs = {}, {}
+        for root in roots:
+            try:
+                resolved = _resolve(root, self.hierarchy)
+                below = list(cgroupfs.walk(resolved.path))
+            except CgshimError as exc:
+                errors[root] = exc
+                continue
+            root_dirs[root] = resolved.path
+            if resolved.path not in found:
+                found[resolved.path] = resolved
+            base = resolved.path.rstrip("/") + "/"
+            name = resolved.name.rstrip("/") + "/"
+            for path in below:
+                if path not in found:
+                    known = self._swept.get(path)
+                    found[path] = known.resolved if known is not None else Resolved(
+                        path=path, name=name + path[len(base):], version=resolved.version,
+                        mount=resolved.mount)
+        return found, root_dirs
+
+    def _sweep_counts(self, targets):
+        """{path: (counts 5-tuple or None, backend, reason) or CgshimError}: each version's
+        chain of backends, each backend reading all the cgroups still open in one call."""
+        results = {}
+        for version in (1, 2):
+            todo = [t for t in targets if t.resolved.version == version]
+            reasons = {}
+            passed = {}
+            for backend in self._chains[version]:
+                if not todo:
+                    break
+                answers = backend.counts_many(todo)
+                left = []
+                for target, answer in zip(todo, answers):
+                    path = target.resolved.path
+                    if isinstance(answer, _PassOver):
+                        reason = reasons.get(path)
+                        reasons[path] = answer.why if reason is None else f"{reason}; {answer.why}"
+                        passed[path] = answer
+                        left.append(target)
+                    elif isinstance(answer, CgshimError):
+                        results[path] = answer
+                    else:
+                        results[path] = (answer, backend, reasons.get(path))
+                todo = left
+            for target in todo:  # no backend left
+                path = target.resolved.path
+                last = passed.get(path)
+                if last is None:
+                    results[path] = Unsupported(
+                        f"{path}: none of this Reader's backends ({', '.join(self.backends)}) "
+                        f"reads cgroup v{version} cgroups")
+                else:
+                    results[path] = last.error or PermissionDenied(f"{path}: {reasons[path]}")
+        return {t.resolved.path: results[t.resolved.path] for t in targets}
+
+    def _sweep_reading(self, target, counts, backend, reason):
+        """The CpuLoad of one swept cgroup (as :meth:`_read` builds it)."""
+        pressure = self._pressure(target) if self._use_pressure else None
+        resolved = target.resolved
+        if counts is None:
+            if pressure is None:
+                if target.psi_denied:
+                    reason = f"{reason}; {target.psi_denied}"
+                raise PermissionDenied(f"{resolved.path}: nothing readable: "
+                                       f"{reason or 'no cpu.pressure for this cgroup'}")
+            return CpuLoad(resolved.path, resolved.version, backend.name, None, None, None,
+                           None, None, pressure, time.monotonic(), reason, backend.implementation)
+        return CpuLoad(resolved.path, resolved.version, backend.name, *counts, pressure,
+                       time.monotonic(), reason, backend.implementation)
 
     # -- resolution cache ---------------------------------------------------------------
     def _target(self, path):
@@ -609,6 +974,46 @@ class Reader:
         target.psi_path = file
         target.psi_denied = None
         return True
+
+
+def _subtree_sums(found, results):
+    """Each cgroup's result with its descendants' counts added, as
+    :meth:`Reader._add_descendants` adds them: a descendant that is gone is skipped, one
+    without counts (or with an error) makes its ancestors' readings fail; a reading without
+    counts of its own stays as it is. ``found`` is in walk order (parents first)."""
+    totals = dict(results)
+    for path in reversed(list(found)):  # every cgroup after all of its descendants
+        parent = os.path.dirname(path)
+        if parent not in totals or parent == path:
+            continue
+        up, part = totals[parent], totals[path]
+        if isinstance(up, CgshimError) or up[0] is None or isinstance(part, CgroupNotFound):
+            continue
+        if isinstance(part, CgshimError):
+            totals[parent] = part
+            continue
+        counts, backend, reason = part
+        if counts is None:
+            totals[parent] = PermissionDenied(f"{path}: {reason}")
+            continue
+        if backend is not up[1] and up[2] is None:
+            up = (up[0], up[1], f"{path}: {reason}")
+        totals[parent] = (tuple(None if a is None or b is None else a + b
+                                for a, b in zip(up[0], counts)), up[1], up[2])
+    return totals
+
+
+def default_roots(hier=None):
+    """The cgroup roots a node-wide reader watches when given none: the cgroup2 mount on a
+    unified host, else the v1 ``cpu`` hierarchy (where CGROUPSTATS answers), else cgroup2."""
+    if hier is None:
+        hier = _load_hierarchy()
+    if hier.mode == "unified":
+        return [hier.v2.mount_point]
+    cpu = hier.v1_mount("cpu")
+    if cpu is not None:
+        return [cpu.mount_point]
+    return [hier.v2.mount_point] if hier.v2 is not None else []
 
 
 def _open_dir(path):

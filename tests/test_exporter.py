@@ -296,10 +296,12 @@ def test_churn_keeps_answering_and_drops_removed_cgroups(testbed, start_exporter
                 inner.spawn(pipe=1, cgroups=[c1, g2])
                 workers += 1
             ids = [cg_id(c2, v2), cg_id(g2, v2), cg_id(c1, v1)]
-            s = exp.wait_for(lambda s: all(states(s, i) for i in ids), f"round {round_}: {ids}")
             want = 2 if round_ % 2 == 0 else 0
-            assert states(s, ids[1])["sleeping"] == want
-            assert states(s, ids[2])["sleeping"] == want
+            # a tick between the cgroups' creation and the worker's move shows them empty:
+            # wait for the reading after the move
+            s = exp.wait_for(lambda s: all(states(s, i) for i in ids)
+                             and states(s, ids[1])["sleeping"] == want
+                             and states(s, ids[2])["sleeping"] == want, f"round {round_}: {ids}")
             removed += [c2, g2, c1]
         # Removed (with the worker killed): every series of those ids goes within a few ticks.
         exp.wait_for(lambda s: not any(lab.get("id") in ids for v in s.values() for lab, _ in v),
@@ -353,8 +355,10 @@ def test_concurrent_scrapes_while_cgroups_churn(testbed, start_exporter):
                 kids = [inner.cgroup(2) for _ in range(3)]
                 inner.spawn(pipe=1, cgroups=[kids[0]])
                 ids = [cg_id(k, v2) for k in kids]
-                s = exp.wait_for(lambda s: all(states(s, i) for i in ids), f"round {round_}")
-                assert states(s, ids[0])["sleeping"] == 2
+                # a tick between the cgroups' creation and the worker's move shows them
+                # empty: wait for the reading after the move
+                s = exp.wait_for(lambda s: all(states(s, i) for i in ids)
+                                 and states(s, ids[0])["sleeping"] == 2, f"round {round_}")
                 removed += kids
             exp.wait_for(lambda s: not any(lab.get("id") in ids for v in s.values() for lab, _ in v),
                          f"round {round_}: series gone", timeout=10 * INTERVAL + 5)

@@ -80,6 +80,7 @@ from cgshim.errors import CgroupNotFound, CgshimError
 # from-imports: the package may rebind the name ``cgshim.kernel.mounts`` to the function.
 from cgshim.kernel.mounts import Resolved, hierarchy as _load_hierarchy, resolve as _resolve, twin_v2 as _twin_v2
 from cgshim.load import Sampler
+from cgshim.model import Sweep
 from cgshim.reader import Reader
 
 __all__ = ["Exporter", "Reading", "serve", "main", "DEFAULT_LISTEN"]
@@ -472,6 +473,29 @@ class _SamplingReader:
         cpu = exporter._reader.cpu_load(path, recursive=recursive)
         return Reading(cgroup=cgroup, cpu_load=cpu, memory=exporter._pressure(cgroup, "memory"),
                        io=exporter._pressure(cgroup, "io"))
+
+    @property
+    def sweep(self):
+        """The Sampler's node pass, or None for a reader without sweep() (then it reads
+        each cgroup with :meth:`cpu_load`)."""
+        return self._sweep if hasattr(self._exporter._reader, "sweep") else None
+
+    def _sweep(self, roots, *, recursive=False):
+        """One Reader.sweep() over ``roots`` (the Sampler passes the exported roots), each
+        CpuLoad of the exported set wrapped as a Reading with memory and io pressure."""
+        exporter = self._exporter
+        swept = exporter._reader.sweep(roots, recursive=recursive)
+        with exporter._lock:
+            cgroups = dict(exporter._cgroups)
+        readings = {}
+        for path, cpu in swept.items():
+            cgroup = cgroups.get(path)
+            if cgroup is not None:  # else not exported (a shared id) or new since the tick began
+                readings[path] = Reading(cgroup=cgroup, cpu_load=cpu,
+                                         memory=exporter._pressure(cgroup, "memory"),
+                                         io=exporter._pressure(cgroup, "io"))
+        return Sweep(readings, timestamp=swept.timestamp, duration=swept.duration,
+                     errors=swept.errors, roots=swept.roots, warnings=swept.warnings)
 
 
 def _plain(start_response, status, body, extra=()):

@@ -51,6 +51,7 @@ from cgshim.kernel import cgroupfs
 from cgshim.errors import CgshimError
 from cgshim.kernel.mounts import hierarchy as _load_hierarchy, resolve as _resolve
 from cgshim.load import Sampler
+from cgshim.reader import default_roots as _reader_default_roots
 from cgshim.reader import Reader
 
 __all__ = ["SORT_KEYS", "Row", "default_roots", "load_dict", "rows_from_snapshot",
@@ -84,15 +85,9 @@ class Row:
 
 
 def default_roots(hier=None) -> list[str]:
-    """The cgroup root ``top`` watches when given none (see the module docstring)."""
-    if hier is None:
-        hier = _load_hierarchy()
-    if hier.mode == "unified":
-        return [hier.v2.mount_point]
-    cpu = hier.v1_mount("cpu")
-    if cpu is not None:
-        return [cpu.mount_point]
-    return [hier.v2.mount_point] if hier.v2 is not None else []
+    """The cgroup root ``top`` watches when given none (see the module docstring): the
+    Reader's :func:`cgshim.reader.default_roots`, as ``Reader.sweep()`` uses."""
+    return _reader_default_roots(hier)
 
 
 def load_dict(load) -> dict:

@@ -354,9 +354,12 @@ class Scanner:
             return self._mod.lib.cg_scanner_opens(self._sc)
 
     def set_max_fds(self, max_fds: int) -> int:
-        """Change how many stat fds the cache may hold (capped as in the constructor by
-        :func:`effective_max_fds`); returns the value now in force."""
-        max_fds = effective_max_fds(max_fds)
+        """Change how many stat fds the cache may hold; returns the value now in force.
+        Unlike the constructor's, this bound is not capped to a share of RLIMIT_NOFILE:
+        the caller budgets (the Reader's sweep sizes it to the node within the limit)."""
+        if max_fds < 0:
+            raise ValueError(f"max_fds must be >= 0, not {max_fds}")
+        max_fds = min(int(max_fds), _MAX_FDS_LIMIT)
         with self._lock:
             self.max_fds = max_fds
             if self._sc is not None:
