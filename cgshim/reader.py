@@ -452,8 +452,8 @@ class _Scan(_Backend):
 
     def fit_cache(self, threads, reserve):
         """Size the scanner's fd cache to hold ``threads`` stat files (what the last sweep
-        listed, with room to grow), within RLIMIT_NOFILE less ``reserve`` fds for
-        everything else; raise the soft limit to the hard one first if that is needed and
+        listed, with room to grow), within RLIMIT_NOFILE less the fds the rest of the
+        process holds and ``reserve`` more for what it may open; raise the soft limit to the hard one first if that is needed and
         allowed (as node agents do). Returns a warning if the cache cannot hold them."""
         want = threads + threads // 4 + 64
         if want <= self.scanner.max_fds:
@@ -465,7 +465,9 @@ class _Scan(_Backend):
                 soft = hard
             except (ValueError, OSError):
                 pass
-        budget = want if soft == resource.RLIM_INFINITY else max(0, soft - reserve)
+        # what the rest of the process holds now (the caller's own fds count too)
+        others = max(0, _open_fd_count() - self.scanner.cached_fds)
+        budget = want if soft == resource.RLIM_INFINITY else max(0, soft - others - reserve)
         self.scanner.set_max_fds(min(want, budget))
         if self.scanner.max_fds < threads:
             return (f"the scanner's fd cache holds {self.scanner.max_fds} of the node's "
@@ -484,6 +486,14 @@ class _Scan(_Backend):
             return True, "native", None
         return True, "python", (f"the C core does not load ({_native.load_errors.get('procscan')}): "
                                 f"pure Python scans instead")
+
+
+def _open_fd_count():
+    """How many fds this process holds (counted when the fd cache is resized, not per pass)."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # less the listing's own
+    except OSError:
+        return 0
 
 
 def _scan_verdict(resolved, counts):
@@ -764,9 +774,9 @@ class Reader:
                         swept.pop(path).close()
             scan = self._backends.get("scan")
             if scan is not None and scan.scanner.native and scan.listed:
-                # everything else this process holds: the pass's fds (up to 2 per cgroup),
-                # the cpu_load cache's, and room for the rest of the process
-                warning = scan.fit_cache(scan.listed, 2 * len(swept) + 2 * self._max_cgroups + 256)
+                # room for what else may be opened: the cpu_load cache (2 per cgroup) and
+                # the rest of the process
+                warning = scan.fit_cache(scan.listed, 2 * self._max_cgroups + 256)
                 if warning:
                     warnings_.append(warning)
         return Sweep(readings, timestamp=started, duration=time.monotonic() - started,
