@@ -338,7 +338,8 @@ class _Scan(_Backend):
         super().__init__(reader, proc_root=proc_root, timeout=timeout, max_fds=max_fds)
         self.scanner = Scanner(proc_root, max_fds)
         self.implementation = "native" if self.scanner.native else "python"
-        self.listed = 0  # threads the last counts_many listed (sizes the fd cache)
+        self.listed = 0  # threads listed by counts_many since the sweep reset it (sizes the cache)
+        self._fitted = None  # (threads, warning) of the last resize that fell short
 
     def close(self):
         self.scanner.close()
@@ -393,7 +394,6 @@ class _Scan(_Backend):
                         transient.append(fd)
                 fds.append(fd)
                 where.append(i)
-            self.listed = 0
             counts, errs = self.scanner.scan_many_raw(fds)
             retry = []
             for k, i in enumerate(where):
@@ -458,6 +458,9 @@ class _Scan(_Backend):
         want = threads + threads // 4 + 64
         if want <= self.scanner.max_fds:
             return None
+        last = self._fitted
+        if last is not None and last[0] <= threads <= last[0] + last[0] // 8:
+            return last[1]  # sized for this node already, within the limit it had
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != resource.RLIM_INFINITY and soft < want + reserve and soft != hard:
             try:
@@ -469,12 +472,14 @@ class _Scan(_Backend):
         others = max(0, _open_fd_count() - self.scanner.cached_fds)
         budget = want if soft == resource.RLIM_INFINITY else max(0, soft - others - reserve)
         self.scanner.set_max_fds(min(want, budget))
+        warning = None
         if self.scanner.max_fds < threads:
-            return (f"the scanner's fd cache holds {self.scanner.max_fds} of the node's "
-                    f"{threads} threads (RLIMIT_NOFILE soft {soft}, hard {hard}): the other "
-                    f"stat files are opened and closed on every sweep; raise the hard limit "
-                    f"(ulimit -n, LimitNOFILE=, or the container runtime's nofile)")
-        return None
+            warning = (f"the scanner's fd cache holds {self.scanner.max_fds} of the node's "
+                       f"{threads} threads (RLIMIT_NOFILE soft {soft}, hard {hard}): the other "
+                       f"stat files are opened and closed on every sweep; raise the hard limit "
+                       f"(ulimit -n, LimitNOFILE=, or the container runtime's nofile)")
+        self._fitted = (threads, warning)
+        return warning
 
     @classmethod
     def probe(cls, hier, proc_root):
@@ -622,6 +627,7 @@ class Reader:
                         for v in (1, 2)}
         self._sweep_lock = threading.Lock()
         self._swept = {}  # absolute directory -> _Target held by sweep() between passes
+        self._trees = _Trees()  # the cgroup trees sweep() walked, kept while none changes
 
     # -- lifecycle -------------------------------------------------------------------
     def close(self):
@@ -633,6 +639,7 @@ class Reader:
         with self._sweep_lock:  # after a sweep in flight
             targets += self._swept.values()
             self._swept = {}
+            self._trees.close()
         for target in targets:  # outside the Reader lock: close() waits for readers
             target.close()
         for backend in self._backends.values():
@@ -736,7 +743,7 @@ class Reader:
                 raise CgshimError("this Reader is closed")
             if roots is None:
                 roots = default_roots(self.hierarchy)
-            found, root_dirs = self._discover(roots, errors)
+            found, root_dirs = self._trees.discover(roots, errors, self._discover, warnings_)
             # Cgroups gone since the last pass: release their fds now.
             swept = self._swept
             for path in [p for p in swept if p not in found]:
@@ -744,7 +751,11 @@ class Reader:
             for path, resolved in found.items():
                 if path not in swept:
                     swept[path] = _Target(resolved)
+            scan = self._backends.get("scan")
+            if scan is not None:
+                scan.listed = 0
             results = self._sweep_counts([swept[p] for p in found])
+            scanned = scan is not None and scan.listed > 0
             # Gone since the walk (or re-created under the same name, which left our fds on
             # the old directory): release, and read a fresh resolution of what still exists.
             stale = [p for p, r in results.items() if isinstance(r, CgroupNotFound)]
@@ -773,7 +784,7 @@ class Reader:
                     if isinstance(exc, CgroupNotFound):
                         swept.pop(path).close()
             scan = self._backends.get("scan")
-            if scan is not None and scan.scanner.native and scan.listed:
+            if scan is not None and scan.scanner.native and scan.listed and scanned:
                 # room for what else may be opened: the cpu_load cache (2 per cgroup) and
                 # the rest of the process
                 warning = scan.fit_cache(scan.listed, 2 * self._max_cgroups + 256)
@@ -782,7 +793,7 @@ class Reader:
         return Sweep(readings, timestamp=started, duration=time.monotonic() - started,
                      errors=errors, roots=root_dirs, warnings=warnings_)
 
-    def _discover(self, roots, errors):
+    def _discover(self, roots, errors, before_listing=None):
         """{absolute directory: Resolved} of every cgroup at or below each root, parents
         before children, and {root as given: its directory}. A root that cannot be
         resolved or walked goes into ``errors`` under its name."""
@@ -790,7 +801,7 @@ class Reader:
         for root in roots:
             try:
                 resolved = _resolve(root, self.hierarchy)
-                below = list(cgroupfs.walk(resolved.path))
+                below = list(cgroupfs.walk(resolved.path, before_listing=before_listing))
             except CgshimError as exc:
                 errors[root] = exc
                 continue
@@ -984,6 +995,110 @@ class Reader:
         target.psi_path = file
         target.psi_denied = None
         return True
+
+
+class _Trees:
+    """The cgroup trees of recent sweeps, kept while the kernel reports no change.
+
+    Walking a node's cgroup directories costs more than reading them (a directory listing
+    per cgroup against one CGROUPSTATS answer), and cgroups come and go far less often
+    than agents sweep. Every directory walked gets an inotify watch for entries created,
+    deleted or moved (mkdir/rmdir on cgroupfs notify the parent: fs/namei.c vfs_mkdir ->
+    fsnotify_mkdir, vfs_rmdir -> fsnotify_rmdir), added before its children are listed,
+    so no child created after a listing goes unseen. A pass with no event pending (one
+    non-blocking read) reuses the last walk of the same roots; any event, or a root whose
+    directory is not the one walked, walks again. cAdvisor discovers containers the same
+    way. Without inotify (no such syscall, too many watches: ENOSPC, no fd) every pass
+    walks, and Sweep.warnings says why once.
+    """
+
+    MASK = None  # set below from inotify_simple.flags when it imports
+    KEEP = 8  # root sets remembered
+
+    def __init__(self):
+        self._inotify = None
+        self.down = None  # why trees are not kept (then every pass walks)
+        self._trees = {}  # tuple(roots) -> (found, root_dirs, {root dir: (st_dev, st_ino)})
+
+    def close(self):
+        ino, self._inotify = self._inotify, None
+        self._trees.clear()
+        if ino is not None:
+            ino.close()
+        self.down = self.down or "closed"
+
+    def _watcher(self):
+        if self._inotify is None and self.down is None:
+            try:
+                from inotify_simple import INotify, flags
+            except ImportError as exc:
+                self.down = f"inotify_simple does not import ({exc})"
+                return None
+            try:
+                self._inotify = INotify(nonblocking=True)
+            except OSError as exc:
+                self.down = f"inotify_init1: {exc.strerror}"
+                return None
+            _Trees.MASK = (flags.CREATE | flags.DELETE | flags.MOVED_FROM | flags.MOVED_TO
+                           | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR)
+        return self._inotify
+
+    def _watch(self, path):
+        ino = self._inotify
+        if ino is None:
+            return
+        try:
+            ino.add_watch(path, _Trees.MASK)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENODEV, errno.ENOTDIR):
+                return  # gone meanwhile: its parent's watch has (or will have) said so
+            self.down = (f"inotify_add_watch on {path}: {exc.strerror} (errno "
+                         f"{errno.errorcode.get(exc.errno, '?')}; ENOSPC: raise "
+                         f"fs.inotify.max_user_watches)")
+            self._inotify = None
+            self._trees.clear()
+            ino.close()
+
+    def discover(self, roots, errors, walk, warnings_):
+        """(found, root_dirs) as ``walk(roots, errors, before_listing)`` gives them, from the
+        last walk of the same roots when nothing changed since."""
+        key = tuple(roots)
+        ino = self._watcher()
+        if ino is not None:
+            try:
+                changed = bool(ino.read(timeout=0))
+            except OSError:
+                changed = True
+            if changed:
+                self._trees.clear()  # any change: every kept tree is walked anew
+            kept = self._trees.get(key)
+            if kept is not None and _same_dirs(kept[2]):
+                return kept[0], kept[1]
+        found, root_dirs = walk(roots, errors, self._watch if ino is not None else None)
+        if self._inotify is not None and not errors:
+            if len(self._trees) >= self.KEEP:
+                self._trees.pop(next(iter(self._trees)))
+            self._trees[key] = (found, root_dirs, _dir_ids(root_dirs.values()))
+        if self.down is not None and self.down != "closed":
+            warnings_.append(f"the cgroup tree is walked on every sweep: {self.down}")
+        return found, root_dirs
+
+
+def _dir_ids(paths):
+    out = {}
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        out[path] = (st.st_dev, st.st_ino)
+    return out
+
+
+def _same_dirs(ids):
+    """True if each root directory is still the one walked (a root itself removed or
+    re-created is not seen by the watches, which are on it and below)."""
+    return _dir_ids(ids) == ids
 
 
 def _subtree_sums(found, results):

@@ -130,17 +130,23 @@ def children(directory: str) -> list[str]:
         raise translate(exc, directory, cgroup=directory) from None
 
 
-def walk(directory: str):
+def walk(directory: str, *, before_listing=None):
     """Yield every descendant cgroup directory of ``directory``, parents before children.
 
     ``directory`` itself is not yielded; it missing -> CgroupNotFound. Descendants removed
     during the walk are skipped (a yielded one may already be gone). No fd stays open
-    between yields.
+    between yields. ``before_listing(path)``, if given, is called for ``directory`` and
+    each descendant just before its children are listed (a watcher that adds an inotify
+    watch there then misses no child created after the listing).
     """
+    if before_listing is not None:
+        before_listing(directory)
     stack = list(reversed(children(directory)))
     while stack:
         path = stack.pop()
         yield path
+        if before_listing is not None:
+            before_listing(path)
         try:
             subs = _subdirs(path)
         except OSError as exc:
