@@ -23,7 +23,7 @@ from cgshim.kernel import reference
 from cgshim.reader import Reader, default_reader, get_cpu_load
 from tests.support.testbed import Testbed
 
-from .measure import paired_ratio, run_group, summary, timed
+from .measure import paired_ratio, run_group, summary, timed, wall
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "cgshim-test-bench-"
@@ -80,12 +80,13 @@ class Plan:
     sweep: tuple   # (cgroups, threads per cgroup)
     calls: int     # for the fd count
     scrapes: int
+    big: tuple = ()  # (cgroups, threads per cgroup) of the large-node sweep; () skips it
 
     @classmethod
     def make(cls, quick):
         if quick:
             return cls(True, 5, 3 * MS, (10, 1000), (20, 50), 10_000, 3)
-        return cls(False, 15, 10 * MS, (10, 100, 1000, 5000), (200, 50), 100_000, 5)
+        return cls(False, 15, 10 * MS, (10, 100, 1000, 5000), (200, 50), 100_000, 5, (200, 150))
 
 
 class Context:
@@ -359,12 +360,71 @@ def case_scan(ctx):
 
 # -- case 4 and 5: node sweep, resources ------------------------------------------------
 
-SWEEP_V1 = "sweep v1 (netlink), one Reader"
-SWEEP_V2 = "sweep v2 (scan), one Reader"
+SWEEP_V1 = "Reader.sweep v1 (netlink)"
+SWEEP_V2 = "Reader.sweep v2 (scan), own process"
+LOOP_V1 = "cpu_load per cgroup v1, one Reader"
+LOOP_V2 = "cpu_load per cgroup v2, one Reader"
 F_SWEEP_V1 = "floor: CGROUPSTATS x cgroups"
 F_SWEEP_V2 = "floor: scan x cgroups"
 P_SWEEP_V1 = "peer: reference (pyroute2) x cgroups"
 P_SWEEP_V2 = "peer: naive Python x cgroups"
+
+
+class Served:
+    """A loop run in a process of its own by ``python -m benchmarks.child serve`` (see
+    there): called with n, it returns the nanoseconds of n runs, as every loop here."""
+
+    def __init__(self, spec):
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.child", "serve"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     cwd=REPO)
+        self.info = self._ask({**spec, "wall": wall()})
+        if not self.info.get("ready"):
+            raise CaseError(f"benchmarks.child serve: {self.info}")
+
+    def _ask(self, msg):
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise CaseError(f"benchmarks.child serve exited ({self.proc.wait()})")
+        return json.loads(line)
+
+    def __call__(self, n):
+        return self._ask({"n": n})["ns"]
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+
+
+def _sweep_bed(bed, ctx, ncg, per):
+    top1, top2 = bed.cgroup(1), bed.cgroup(2)
+    v1s, v2s = [], []
+    t0 = time.monotonic()
+    for _ in range(ncg):
+        c1, c2 = bed.cgroup(1, parent=top1), bed.cgroup(2, parent=top2)
+        bed.spawn(cgroups=[c1, c2], **_sleepers(per))
+        v1s.append(c1)
+        v2s.append(c2)
+    ctx.log(f"  sweep test bed: {ncg} cgroups x {per} threads in {time.monotonic() - t0:.1f} s")
+    return top1, top2, v1s, v2s
+
+
+def _check_served(served, ncg, per, ctx):
+    info = served.info
+    if info["errors"] or info["sources"] != ["scan"] or info["sleeping"] != ncg * per:
+        raise CaseError(f"the sweep process read {info}; the case needs {ncg * per} sleeping "
+                        f"threads by scan")
+    for w in info["warnings"]:
+        ctx.results.notes.append(f"sweep {ncg}x{per}: {w}")
+        ctx.log(f"  sweep warning: {w}")
 
 
 def case_sweep(ctx):
@@ -372,56 +432,109 @@ def case_sweep(ctx):
     ncg, per = ctx.plan.sweep
     size = f"{ncg}x{per}"
     with testbed() as bed:
-        top1, top2 = bed.cgroup(1), bed.cgroup(2)
-        v1s, v2s = [], []
-        t0 = time.monotonic()
-        for _ in range(ncg):
-            c1, c2 = bed.cgroup(1, parent=top1), bed.cgroup(2, parent=top2)
-            bed.spawn(cgroups=[c1, c2], **_sleepers(per))
-            v1s.append(c1)
-            v2s.append(c2)
-        ctx.log(f"  sweep test bed: {ncg} cgroups x {per} threads in {time.monotonic() - t0:.1f} s")
+        top1, top2, v1s, v2s = _sweep_bed(bed, ctx, ncg, per)
         dirfds = [ctx.open(c, os.O_RDONLY | os.O_DIRECTORY) for c in v1s]
         scan_floor = []
         for c in v2s:
             scan_floor.append((os.path.join(c, "cgroup.threads"),
                                ctx.open(os.path.join(c, "cpu.pressure")),
                                _stat_fds(ctx, _tids(c))))
-        with Reader() as reader, reference.TaskstatsSocket() as ref:
-            for c in v2s:
-                _expect(reader.cpu_load(c), "scan", nr_running=0, nr_sleeping=per)
-            for c in v1s:
-                _expect(reader.cpu_load(c), "netlink", nr_running=0, nr_stopped=0)
-
-            def sweep(paths):
-                for p in paths:
-                    reader.cpu_load(p)
-
-            def ref_sweep():
-                for fd in dirfds:
-                    ref.cgroupstats(fd)
-
-            def naive_sweep():
+        served = Served({"kind": "sweep", "roots": [top2]})
+        try:
+            with Reader() as reader, reference.TaskstatsSocket() as ref:
+                _check_served(served, ncg, per, ctx)
                 for c in v2s:
-                    naive_scan(c)
+                    _expect(reader.cpu_load(c), "scan", nr_running=0, nr_sleeping=per)
+                for c in v1s:
+                    _expect(reader.cpu_load(c), "netlink", nr_running=0, nr_stopped=0)
+                swept = reader.sweep([top1])
+                if swept.errors or len(swept) != ncg + 1 or {r.source for r in swept.values()} != {"netlink"}:
+                    raise CaseError(f"Reader.sweep v1: {swept!r} {dict(swept.errors)}")
 
-            ctx.group(f"4. node sweep {size}", size, {
-                SWEEP_V1: timed(sweep, v1s),
-                SWEEP_V2: timed(sweep, v2s),
-                F_SWEEP_V1: f.cgroupstats(dirfds),
-                F_SWEEP_V2: f.scan(scan_floor),
-                P_SWEEP_V1: timed(ref_sweep),
-                P_SWEEP_V2: timed(naive_sweep),
-            }, [
-                (SWEEP_V1, "case", F_SWEEP_V1, P_SWEEP_V1),
-                (SWEEP_V2, "case", F_SWEEP_V2, P_SWEEP_V2),
-                (F_SWEEP_V1, "floor", "", ""),
-                (F_SWEEP_V2, "floor", "", ""),
-                (P_SWEEP_V1, "peer", "", ""),
-                (P_SWEEP_V2, "peer", "", ""),
-            ], threads=ncg * per)
+                def sweep(paths):
+                    for p in paths:
+                        reader.cpu_load(p)
+
+                def ref_sweep():
+                    for fd in dirfds:
+                        ref.cgroupstats(fd)
+
+                def naive_sweep():
+                    for c in v2s:
+                        naive_scan(c)
+
+                ctx.group(f"4. node sweep {size}", size, {
+                    SWEEP_V1: timed(reader.sweep, [top1]),
+                    SWEEP_V2: served,
+                    LOOP_V1: timed(sweep, v1s),
+                    LOOP_V2: timed(sweep, v2s),
+                    F_SWEEP_V1: f.cgroupstats(dirfds),
+                    F_SWEEP_V2: f.scan(scan_floor),
+                    P_SWEEP_V1: timed(ref_sweep),
+                    P_SWEEP_V2: timed(naive_sweep),
+                }, [
+                    (SWEEP_V1, "case", F_SWEEP_V1, P_SWEEP_V1),
+                    (SWEEP_V2, "case", F_SWEEP_V2, P_SWEEP_V2),
+                    (LOOP_V1, "case", F_SWEEP_V1, ""),
+                    (LOOP_V2, "case", F_SWEEP_V2, ""),
+                    (F_SWEEP_V1, "floor", "", ""),
+                    (F_SWEEP_V2, "floor", "", ""),
+                    (P_SWEEP_V1, "peer", "", ""),
+                    (P_SWEEP_V2, "peer", "", ""),
+                ], threads=ncg * per)
+        finally:
+            served.close()
         ctx.close_fds()
         resources(ctx, v1s, v2s, top2)
+
+
+F_BIG_V2 = "floor: scan x cgroups (two processes)"
+
+
+def case_big_sweep(ctx):
+    """The node sweep at 30,000 threads. Neither the sweep's fd cache nor the scan floor's
+    held stat fds fit one process under a hard RLIMIT_NOFILE of 20,000 here, so the floor
+    runs in two processes of half the cgroups each (the sum of per-cgroup floors, as
+    always), and the sweep in one process of its own, whose Sweep.warnings then says how
+    much of the node its cache holds."""
+    if not ctx.plan.big:
+        return
+    f = ctx.floors
+    ncg, per = ctx.plan.big
+    size = f"{ncg}x{per}"
+    with testbed() as bed:
+        top1, top2, v1s, v2s = _sweep_bed(bed, ctx, ncg, per)
+        dirfds = [ctx.open(c, os.O_RDONLY | os.O_DIRECTORY) for c in v1s]
+        half = ncg // 2
+        servers = []
+        try:
+            floors2 = [Served({"kind": "scan_floor", "cgroups": v2s[:half]}),
+                       Served({"kind": "scan_floor", "cgroups": v2s[half:]})]
+            servers += floors2
+            served = Served({"kind": "sweep", "roots": [top2]})
+            servers.append(served)
+            _check_served(served, ncg, per, ctx)
+            if sum(s.info["threads"] for s in floors2) != ncg * per:
+                raise CaseError(f"the floor processes hold {[s.info for s in floors2]}")
+            with Reader() as reader:
+                swept = reader.sweep([top1])
+                if swept.errors or {r.source for r in swept.values()} != {"netlink"}:
+                    raise CaseError(f"Reader.sweep v1: {swept!r} {dict(swept.errors)}")
+                ctx.group(f"5. node sweep {size}", size, {
+                    SWEEP_V1: timed(reader.sweep, [top1]),
+                    SWEEP_V2: served,
+                    F_SWEEP_V1: f.cgroupstats(dirfds),
+                    F_BIG_V2: lambda n: floors2[0](n) + floors2[1](n),
+                }, [
+                    (SWEEP_V1, "case", F_SWEEP_V1, ""),
+                    (SWEEP_V2, "case", F_BIG_V2, ""),
+                    (F_SWEEP_V1, "floor", "", ""),
+                    (F_BIG_V2, "floor", "", ""),
+                ], threads=ncg * per)
+        finally:
+            for s in servers:
+                s.close()
+        ctx.close_fds()
 
 
 def _child(args, payload):
@@ -496,4 +609,4 @@ def exporter(ctx, root):
 
 
 CASES = [("v1 netlink", case_v1), ("taskstats", case_taskstats), ("v2 scan", case_scan),
-         ("sweep + resources", case_sweep)]
+         ("sweep + resources", case_sweep), ("sweep at 30k threads", case_big_sweep)]

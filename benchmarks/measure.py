@@ -27,6 +27,11 @@ def use_clock(wall):
     _clock = time.perf_counter_ns if wall else time.thread_time_ns
 
 
+def wall():
+    """True if loops are timed by wall time (``--wall``)."""
+    return _clock is time.perf_counter_ns
+
+
 def timed(call, *args):
     """A loop of ``n`` calls of ``call(*args)`` -> nanoseconds, timed in Python."""
     def run(n):

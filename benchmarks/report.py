@@ -147,6 +147,18 @@ def targets(results, plan):
             continue
         add(text, x <= 1.3, f"{x:.2f}x ({_us(R.row(sec, name).median_ns)} us vs "
             f"{_us(R.row(sec, floor).median_ns)} us per sweep){note}")
+    if plan.big:
+        ncg, per = plan.big
+        sec = f"5. node sweep {ncg}x{per}"
+        for name, floor, label in ((c.SWEEP_V2, c.F_BIG_V2, "v2 scan"),
+                                   (c.SWEEP_V1, c.F_SWEEP_V1, "v1 netlink")):
+            text = f"sweep {ncg * per:,} threads in {ncg} cgroups ({label}) <= 1.3x sum of floors"
+            x = R.ratio(sec, name, floor)
+            if x is None:
+                add(text, None, "case did not run")
+                continue
+            add(text, x <= 1.3, f"{x:.2f}x ({_us(R.row(sec, name).median_ns)} us vs "
+                f"{_us(R.row(sec, floor).median_ns)} us per sweep)")
     sweep = R.resources.get("sweep")
     if sweep is None:
         add("sweep RSS <= 40 MB", None, "case did not run")
