@@ -157,9 +157,12 @@ class RuntimeClient:
         self._lock = threading.Lock()
         self._channel = None
         self._calls = {}
+        self._closed = False
 
     def _stub(self, method):
         with self._lock:
+            if self._closed:
+                raise RuntimeUnavailable(f"CRI {method} at {self.endpoint}: client closed")
             if self._channel is None:
                 self._channel = self._grpc.insecure_channel(
                     self.target, options=[("grpc.max_receive_message_length", 64 << 20),
@@ -214,6 +217,9 @@ class RuntimeClient:
         return dict(self.call("PodSandboxStatus", pod_sandbox_id=sandbox_id, verbose=True).info)
 
     def close(self):
+        """Close the channel; a call in flight fails at once, later calls raise."""
+        with self._lock:
+            self._closed = True
         self._reset()
 
     def __enter__(self):
@@ -430,7 +436,14 @@ class IdentityCache:
             due = now >= next_resync or (retry_at is not None and now >= retry_at)
             if due or self._wake.is_set():
                 self._wake.clear()
-                ok = self.refresh()
+                try:
+                    ok = self.refresh()
+                except Exception as exc:  # noqa: BLE001 -- a bug; said by status(), not fatal
+                    with self._lock:
+                        self._ok, self._failures = False, self._failures + 1
+                        self._error = (f"unexpected {type(exc).__name__}: {exc} (a cgshim bug; "
+                                       "please report it)")
+                    ok = False
                 now = time.monotonic()
                 next_resync = now + self.resync
                 with self._lock:
@@ -455,14 +468,14 @@ class IdentityCache:
         return self
 
     def stop(self):
-        """Stop the thread (waits at most one call's timeout) and close the client."""
+        """Stop the thread and close the client; closing cancels a call in flight, so a
+        hung runtime does not hold this up."""
         self._stopping.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(self._client.timeout * 4 + 2 if hasattr(self._client, "timeout")
-                              else 10)
-            self._thread = None
         self._client.close()
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None
 
     def __enter__(self):
         return self.start()

@@ -471,3 +471,69 @@ def test_top_and_probe_name_pods_and_containers(runtime):
         assert "does not answer" in res.stdout and "path-only labels" in res.stdout, res.stdout
     finally:
         daemon.remove_pod(pod["sandbox"])
+
+
+def test_exporter_samples_and_serves_while_the_runtime_hangs(silent_socket, testbed):
+    """The runtime accepts and never answers, with a 120 s deadline per call: the exporter
+    still becomes ready and serves every series, path-only, long before any call could have
+    returned; runtime_up says 0 once a call fails; stop() does not wait for the deadline."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from cgshim.app.exporter import Exporter
+
+    require_root()
+    cg = testbed.cgroup(2)
+    testbed.spawn(pipe=1, cgroups=[cg])
+    exp = Exporter([cg], 0.2, runtime_endpoint=silent_socket, runtime_timeout=120,
+                   runtime_resync=1)
+    t0 = time.monotonic()
+    exp.start()
+    try:
+        deadline = t0 + 60
+        while not exp.ready():
+            assert time.monotonic() < deadline, "the exporter never became ready"
+            time.sleep(0.05)
+        text = generate_latest(exp.registry).decode()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        tasks = [s for s in fams["container_tasks_state"].samples if s.labels["state"] == "sleeping"]
+        assert any(s.value == 2 for s in tasks), tasks  # the worker's two sleeping threads
+        assert all(s.labels["pod"] == "" and s.labels["namespace"] == "" for s in tasks)
+        (up,) = fams["cgshim_runtime_up"].samples
+        assert up.value == 0  # nothing answered yet
+        assert "not answering" in exp.runtime_status()
+        assert time.monotonic() - t0 < 120, "the test outlived the runtime call's deadline"
+    finally:
+        t1 = time.monotonic()
+        exp.stop()
+    assert time.monotonic() - t1 < 60  # closing the channel cancelled the hung call
+
+
+@pytest.mark.parametrize("qos, template", LAYOUTS)
+def test_systemd_driver_names_get_the_same_labels(runtime, qos, template):
+    """No systemd here, so containerd runs the cgroupfs driver; the systemd driver's names for
+    the same pod, container and sandbox (cgshim.k8s, the naming tests' layout) must get the
+    same kubelet labels from the same runtime answers."""
+    from cgshim import k8s
+    from cgshim.app.exporter import _labels
+
+    daemon, cgroups = runtime
+    pod = make_pod(daemon, cgroups, template, f"sd-{qos}-{ctrd.new_uid()[:8]}", [("c", SLEEP)])
+    cache = cri.IdentityCache(daemon.endpoint, timeout=5)
+    try:
+        assert cache.refresh(), cache.status()
+        uid, (cid,) = pod["uid"], pod["containers"].values()
+        for key in (cid, pod["sandbox"], None):
+            if key is None:
+                fs_name = "/" + k8s.pod_cgroup(uid, qos, driver="cgroupfs")
+                sd_name = "/" + k8s.pod_cgroup(uid, qos, driver="systemd")
+            else:
+                fs_name = "/" + k8s.container_cgroup(uid, qos, key, driver="cgroupfs")
+                sd_name = "/" + k8s.container_cgroup(uid, qos, key, driver="systemd")
+            fs, sd = _labels(fs_name, cache), _labels(sd_name, cache)
+            assert fs[0] == fs_name and sd[0] == sd_name
+            assert fs[1:] == sd[1:]  # every label but id
+            assert fs[4:6] == (NS, pod["name"])  # namespace, pod
+    finally:
+        cache.stop()
+        daemon.remove_pod(pod["sandbox"])
