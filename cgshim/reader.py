@@ -687,6 +687,8 @@ class Reader:
             break
         # Stale, or the cache is thrashing (more cgroups read than max_cgroups): read through
         # a private target, closed right after.
+        if self._closed:
+            raise CgshimError("this Reader is closed")
         target = _Target(_resolve(path, self.hierarchy))
         try:
             with target.lock:
@@ -908,8 +910,6 @@ class Reader:
     # -- the backend chain ----------------------------------------------------------------
     def _counts(self, target):
         """Return (TaskCounts or None, backend, reason): the first backend that answers."""
-        if self._closed:
-            raise CgshimError("this Reader is closed")
         reason = passed = None
         for backend in self._chains[target.resolved.version]:
             try:

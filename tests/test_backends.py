@@ -329,3 +329,15 @@ def test_eio_on_a_pressure_file_means_the_same_everywhere(tmp_path):
     d.mkdir()
     with pytest.raises(KernelError):
         psi.read_pressure(str(d), cgroup=str(tmp_path))
+
+
+@pytest.mark.parametrize("chain", [None, ("psi",)])
+def test_a_closed_reader_reads_nothing(host, chain):
+    cg = host.cgroup(2, "pod", [101])
+    r = reader(host, backends=chain)
+    r.cpu_load(cg)
+    r.close()
+    r.close()  # idempotent
+    for path in (cg, host.cgroup(2, "other", [102])):
+        with pytest.raises(cgshim.CgshimError, match="closed"):
+            r.cpu_load(path)
