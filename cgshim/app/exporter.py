@@ -28,7 +28,9 @@ threads' schedstat clocks: scan, bpf; not netlink or psi):
 
 and its own: ``cgshim_load_source{id,source}`` (1 per cgroup; source = netlink | scan |
 psi) and ``cgshim_sampling_errors_total{error}`` (failed readings by cgshim error class), plus
-``cgshim_cgroups`` (cgroups with a reading) and the standard ``process_*`` metrics.
+``cgshim_cgroups`` (cgroups with a reading), with ``runtime_endpoint``
+``cgshim_runtime_up{endpoint}`` (1 while the runtime answers, 0 while series carry path-only
+labels), and the standard ``process_*`` metrics.
 
 Labels. Every per-cgroup series carries kubelet's label set for the same cgroup (its
 /metrics/cadvisor: ``container``, ``id``, ``image``, ``name``, ``namespace``, ``pod``) and
