@@ -87,6 +87,11 @@ class KernelError(CgshimError):
     out-of-descriptors EMFILE/ENFILE, ...). ``errno`` and ``path`` say which and where."""
 
 
+class ConfigError(CgshimError):
+    """A configuration file given by the user is invalid (e.g. the exporter's
+    ``--web.config.file``); the message names the file and the key."""
+
+
 # ----------------------------------------------------------------------- the errno map
 
 #: The one errno map: errno -> (error type, what it means), for an OSError met on a kernel

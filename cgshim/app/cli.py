@@ -52,7 +52,7 @@ import sys
 import attrs
 
 from cgshim.app import exporter
-from cgshim.errors import CgshimError
+from cgshim.errors import CgshimError, ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -467,9 +467,13 @@ def cmd_serve(args, out):
     try:
         exporter.serve(args.listen, args.interval, args.roots,
                        runtime_endpoint=args.runtime_endpoint,
-                       runtime_resync=args.runtime_resync)
+                       runtime_resync=args.runtime_resync,
+                       web_options=exporter.web.WebOptions.from_args(args))
     except KeyboardInterrupt:
         pass
+    except ConfigError as exc:  # a bad --web.config.file: nothing was bound
+        print(f"cgshim serve: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:  # the address cannot be bound (in use, not local, no permission)
         print(f"cgshim serve: {args.listen}: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED

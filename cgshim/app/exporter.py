@@ -54,9 +54,11 @@ formats the latest figures and never touches a cgroup file. If two roots name th
 unique.
 
 HTTP. ``GET /metrics`` (query strings are ignored), ``GET /healthz`` (200 once the sampler has
-produced a reading and while its thread runs, else 503), anything else 404. No request
-selects a file or a cgroup: the set is fixed by the roots given at start. Binds 127.0.0.1
-unless told otherwise.
+produced a reading and while its thread runs, else 503), other paths 404, other methods 405.
+No request selects a file or a cgroup: the set is fixed by the roots given at start. Binds
+127.0.0.1 unless told otherwise. The server, its limits (``--web.max-requests``,
+``--web.request-timeout``) and ``--web.config.file`` (TLS, basic auth) are
+:mod:`cgshim.app.web` and :mod:`cgshim.app.webconfig`.
 
 Entry points: :func:`serve` (used by ``python -m cgshim serve``) and this module's own
 :func:`main`, ``python -m cgshim.app.exporter [--listen HOST:PORT] [--interval S] [--root PATH ...]``
@@ -66,11 +68,8 @@ with the same options. Exit status of main: 0 after SIGTERM/SIGINT, 1 on a runti
 import argparse
 import os
 import signal
-import socket
-import socketserver
 import sys
 import threading
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import attrs
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
@@ -78,7 +77,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from cgshim.kernel import cgroupfs, psi
 from cgshim import k8s
-from cgshim.errors import CgroupNotFound, CgshimError
+from cgshim.app import web
+from cgshim.app.web import parse_listen
+from cgshim.errors import CgroupNotFound, CgshimError, ConfigError
 # from-imports: the package may rebind the name ``cgshim.kernel.mounts`` to the function.
 from cgshim.kernel.mounts import Resolved, hierarchy as _load_hierarchy, resolve as _resolve, twin_v2 as _twin_v2
 from cgshim.load import Sampler
@@ -509,29 +510,6 @@ def _plain(start_response, status, body, extra=()):
 # ------------------------------------------------------------------------------- serving
 
 
-class _QuietHandler(WSGIRequestHandler):
-    timeout = 10  # seconds a client may take to send its request: slow clients cannot pile up
-
-    def log_message(self, format, *args):  # noqa: A002 -- the base class's name
-        pass
-
-
-class _Server(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-def parse_listen(listen):
-    """``"HOST:PORT"`` or ``"[V6ADDR]:PORT"`` -> (host, port). ValueError if malformed."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"listen address {listen!r} is not HOST:PORT (e.g. 127.0.0.1:9560, "
-                         "[::1]:9560, 0.0.0.0:9560)")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
-
-
 def _default_roots():
     """The host's whole tree: the cgroup2 mount on a unified host, the v1 ``cpu`` mount on a
     legacy or hybrid one (where kubelet and cAdvisor read CPU load; PSI then comes from each
@@ -543,15 +521,8 @@ def _default_roots():
     return [hier.v2.mount_point]
 
 
-def _make_server(listen, app):
-    host, port = parse_listen(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    server_class = type("_BoundServer", (_Server,), {"address_family": family})
-    return make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
-
-
 def serve(listen=DEFAULT_LISTEN, interval=1.0, roots=None, *, stop=None, runtime_endpoint=None,
-          runtime_resync=60.0):
+          runtime_resync=60.0, web_options=None):
     """Serve the exporter's /metrics on ``listen`` until SIGTERM or SIGINT (or until the
     ``stop`` threading.Event is set), then stop the HTTP server and the sampler cleanly.
 
@@ -561,25 +532,32 @@ def serve(listen=DEFAULT_LISTEN, interval=1.0, roots=None, *, stop=None, runtime
     0 picks a free one). Raises CgshimError for a bad root, OSError if the address cannot be
     bound, and re-raises an exception that ended the sampler. ``runtime_endpoint`` and
     ``runtime_resync``: see :class:`Exporter`.
+
+    ``web_options``: a :class:`cgshim.app.web.WebOptions` (web config file, request limits);
+    its config file is loaded first, before anything is bound (ConfigError if it is bad).
     """
+    web_options = web_options or web.WebOptions()
+    config = web_options.load_config()
+    web.raise_nofile_limit()  # before the Reader sizes its fd budget from it
+    host, port = parse_listen(listen)
     signals = {signal.SIGTERM, signal.SIGINT}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # before any thread starts
     try:
         exporter = Exporter(roots if roots else _default_roots(), interval,
                             runtime_endpoint=runtime_endpoint, runtime_resync=runtime_resync)
         try:
-            server = _make_server(listen, exporter.wsgi_app())
+            server = web.Server(exporter.wsgi_app(), host, port, config=config,
+                                max_requests=web_options.max_requests,
+                                request_timeout=web_options.request_timeout)
         except BaseException:
             exporter.stop()
             raise
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
-                                  name="cgshim-http", daemon=True)
         try:
             exporter.start()
-            thread.start()
+            server.start()
             host, port = server.server_address[:2]
             shown = f"[{host}]" if ":" in host else host
-            print(f"cgshim exporter: serving http://{shown}:{port}/metrics, interval "
+            print(f"cgshim exporter: serving {server.scheme}://{shown}:{port}/metrics, interval "
                   f"{exporter.interval:g} s, roots {' '.join(exporter.roots)}"
                   + (f", runtime {runtime_endpoint} (read-only CRI calls)"
                      if runtime_endpoint else ""), file=sys.stderr, flush=True)
@@ -589,9 +567,7 @@ def serve(listen=DEFAULT_LISTEN, interval=1.0, roots=None, *, stop=None, runtime
                 if exporter.sampler_exception is not None:
                     break
         finally:
-            if thread.is_alive():
-                server.shutdown()
-            server.server_close()
+            server.stop()
             exporter.stop()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -647,6 +623,7 @@ def add_arguments(parser):
                         help="with --runtime-endpoint: seconds between full refreshes of the "
                              "runtime's pods and containers (default 60; new cgroups trigger "
                              "a refresh of their own)")
+    web.add_arguments(parser)
     return parser
 
 
@@ -660,7 +637,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         serve(args.listen, args.interval, args.roots, runtime_endpoint=args.runtime_endpoint,
-              runtime_resync=args.runtime_resync)
+              runtime_resync=args.runtime_resync, web_options=web.WebOptions.from_args(args))
+    except ConfigError as exc:  # a bad --web.config.file: a usage error, nothing was bound
+        print(f"cgshim exporter: {exc}", file=sys.stderr)
+        return 2
     except (CgshimError, OSError) as exc:
         print(f"cgshim exporter: {exc}", file=sys.stderr)
         return 1
