@@ -273,3 +273,17 @@ def test_connection_limit_under_a_low_rlimit(testbed, served, nofile):
     assert any(f"connection limit ({limit})" in x for x in lines), lines
     assert len(lines) <= 2 and not any("Traceback" in x for x in lines), lines
     assert not any("EMFILE" in x or "Too many open files" in x for x in lines), lines
+
+
+def test_half_closed_client_still_gets_its_response(testbed, served):
+    """``printf 'GET ...' | nc`` style: the client shuts its side after the request."""
+    cg = testbed.cgroup(2)
+    srv = served([cg])
+    wait(lambda: get(srv.port, "/healthz")[0] == 200, "healthz 200")
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+        s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    assert out.startswith(b"HTTP/1.1 200 ") and b"container_tasks_state{" in out, out[:200]

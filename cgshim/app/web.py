@@ -405,6 +405,8 @@ class _Conn(asyncio.Protocol):
         if self.tls is None:
             self._plain(data)
             return
+        if not self.waiting:
+            return  # after the request (a close_notify, a pipelined request): nothing to do
         obj, incoming, outgoing = self.tls
         first, self.first = self.first, False
         if first and data[:1] != b"\x16":
@@ -439,7 +441,9 @@ class _Conn(asyncio.Protocol):
             self._plain(bytes(plain))
 
     def eof_received(self):
-        return False  # close our side: one request per connection, and it was not complete
+        # A client that half-closes after its request still gets the response; one that
+        # half-closes before completing it is done.
+        return not self.waiting
 
     def connection_lost(self, exc):
         self.lost = True
