@@ -196,6 +196,9 @@ class Sampler:
     - a path the callable no longer returns is dropped. If the callable itself raises a
       CgshimError, ``on_error(None, exc)`` is called and the previous path set is polled.
 
+    ``on_tick()``, if given, is called on the sampling thread after every completed tick
+    (:attr:`ticks` counts them), e.g. to render the new snapshot before anyone asks for it.
+
     Other exceptions are bugs and are not swallowed: :meth:`sample_once` raises them; on the
     background thread they end sampling, are kept in :attr:`exception` and re-raised by
     :meth:`stop`.
@@ -207,8 +210,9 @@ class Sampler:
     add samples and so speed up the decay.
     """
 
-    def __init__(self, reader, paths, interval, *, recursive=False, on_error=None):
+    def __init__(self, reader, paths, interval, *, recursive=False, on_error=None, on_tick=None):
         self._reader = reader
+        self._on_tick = on_tick
         self._interval = LoadTracker(interval).interval_seconds  # validates like the tracker
         self._recursive = bool(recursive)
         self._on_error = on_error
@@ -226,6 +230,7 @@ class Sampler:
         self._runnable = {}  # path -> RunnableAverage (readings with runnable_seconds)
         self._latest = {}
         self._errors = {}
+        self._ticks = 0  # completed ticks
         self._stop_event = threading.Event()
         self._thread = None
         self.exception = None
@@ -282,6 +287,17 @@ class Sampler:
         """Read every path once now, on the calling thread, and update the trackers."""
         with self._tick_lock:
             self._tick(self._stop_event if threading.current_thread() is self._thread else None)
+            with self._lock:
+                self._ticks += 1
+            if self._on_tick is not None:
+                self._on_tick()
+
+    @property
+    def ticks(self):
+        """Ticks completed so far: what a consumer caching a rendering of :meth:`snapshot`
+        keys it on (the snapshot is a whole tick's only between ticks)."""
+        with self._lock:
+            return self._ticks
 
     def start(self):
         """Start the background thread; the first tick happens at once. RuntimeError if running."""
