@@ -57,6 +57,9 @@ MAX_REQUEST_LINE = 8192  # bytes, CRLF included (Go's net/http and nginx use 4-8
 MAX_HEAD = 16384  # request line + headers
 LOG_EVERY = 60.0
 FD_RESERVE = 64  # fds kept for the process itself (listener, stdio, /proc reads, pipes)
+# Connections accepted per wake-up of the loop (asyncio takes its create_server backlog for
+# this): the cap is checked between batches, so it is overshot by less than FD_RESERVE.
+ACCEPT_BATCH = 16
 _NOFILE_CAP = 1 << 20
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
@@ -274,7 +277,8 @@ class Server:
         loop.call_soon(flush)
         try:
             server = loop.run_until_complete(
-                loop.create_server(lambda: _Conn(self), sock=self._sock, backlog=BACKLOG))
+                loop.create_server(lambda: _Conn(self), sock=self._sock, backlog=ACCEPT_BATCH))
+            self._sock.listen(BACKLOG)  # create_server listened with the batch size
         finally:
             self._started.set()
         try:
