@@ -84,9 +84,18 @@ _TASKSTATS_HINTS = {
 
 
 def _counts(cs):
-    # positional, in TaskCounts' order (cheaper than keywords on the per-call path)
-    return TaskCounts(cs.nr_running, cs.nr_sleeping, cs.nr_uninterruptible, cs.nr_stopped,
-                      cs.nr_io_wait)
+    # TaskCounts is frozen, and a cgroup's counts repeat from one read to the next: hand out
+    # one object per distinct answer (building the attrs object cost more than the lookup)
+    key = (cs.nr_running, cs.nr_sleeping, cs.nr_uninterruptible, cs.nr_stopped, cs.nr_io_wait)
+    counts = _COUNTS_MEMO.get(key)
+    if counts is None:
+        if len(_COUNTS_MEMO) >= 4096:
+            _COUNTS_MEMO.clear()
+        counts = _COUNTS_MEMO[key] = TaskCounts(*key)
+    return counts
+
+
+_COUNTS_MEMO = {}
 
 
 def parse_cgroupstats(msg: bytes) -> TaskCounts:
@@ -149,6 +158,7 @@ class TaskstatsSocket:
         self._cs = self._ffi.new("struct cg_nl_cgroupstats *")
         self._reply = self._ffi.new("struct cg_nl_taskstats_reply *")
         self._stats = self._ffi.new("uint8_t[]", _STATS_CAP)
+        self._taskstats_call = self._c.cg_nl_taskstats
 
     # -- lifetime ---------------------------------------------------------------------
     def close(self):
@@ -332,8 +342,8 @@ class TaskstatsSocket:
                 family = self._family
                 if self._fd >= 0 and family is not None:
                     seq = self._seq = (self._seq + 1) & 0xFFFFFFFF
-                    rc = self._c.cg_nl_taskstats(self._fd, family, seq, pid, 1 if tgid else 0,
-                                                 reply, stats, _STATS_CAP)
+                    rc = self._taskstats_call(self._fd, family, seq, pid, 1 if tgid else 0,
+                                              reply, stats, _STATS_CAP)
                     if not rc:
                         n = reply.stats_len
                         if n <= _STATS_CAP:
@@ -385,7 +395,7 @@ def taskstats(pid: int, *, tgid: bool = False) -> TaskStats:
             if _default is None:
                 _default = open_socket()
             sock = _default
-    return sock.taskstats(pid, tgid=tgid)
+    return sock.taskstats(pid, tgid)
 
 
 __all__ = ["TaskstatsSocket", "RawTaskstats", "open_socket", "taskstats",

@@ -241,7 +241,8 @@ def decode_taskstats(data) -> "TaskStats":
     """
     if type(data) is not bytes:
         data = bytes(data)  # a private copy: the caller's buffer may change
-    layout, n = _check(data)
+    hit = _lazy_cache.get((_version_of(data)[0], len(data))) if len(data) >= MIN_SIZE else None
+    layout, n = hit if hit is not None else _check(data)
     obj = _new(TaskStats)
     _set(obj, "_state", (data, layout, n))
     return obj
@@ -249,6 +250,7 @@ def decode_taskstats(data) -> "TaskStats":
 
 _new = object.__new__
 _set = object.__setattr__
+_version_of = _VERSION.unpack_from
 
 
 class TaskStats:
