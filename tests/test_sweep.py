@@ -359,3 +359,51 @@ def test_sweep_without_the_c_core_reads_the_same(trees):
         assert rest[-1] == impl  # cpu_load there: the same implementation
         # the spinner may be caught runnable or not; everything else is pinned
         assert rest[1:4] == [load.nr_sleeping, load.nr_uninterruptible, load.nr_stopped], path
+
+
+def test_exporter_and_top_read_through_sweep(testbed):
+    """The exporter's sampler and top's session read every cgroup with one sweep per tick:
+    a Reader whose cpu_load fails still serves them, with the counts the test bed placed."""
+    from prometheus_client import generate_latest
+
+    from cgshim.app import exporter as exporter_mod, top as top_mod
+
+    top = testbed.cgroup(2)
+    kids = [testbed.cgroup(2, parent=top) for _ in range(3)]
+    testbed.spawn(pipe=2, cgroups=[kids[1]])
+    calls = []
+
+    class SweepOnly(cgshim.Reader):
+        def sweep(self, roots=None, *, recursive=False):
+            calls.append(list(roots))
+            return super().sweep(roots, recursive=recursive)
+
+        def cpu_load(self, path, *, recursive=False):
+            raise AssertionError("read through sweep(), not cpu_load()")
+
+    with SweepOnly() as reader:
+        exp = exporter_mod.Exporter([top], 1.0, reader=reader)
+        try:
+            exp.sample_once()
+            text = generate_latest(exp.registry).decode()
+        finally:
+            exp.stop()
+    assert calls == [[top]]
+    kid_id = "/" + os.path.relpath(kids[1], testbed.root(2))
+    line = [ln for ln in text.splitlines() if ln.startswith("container_tasks_state{")
+            and f'id="{kid_id}"' in ln and 'state="sleeping"' in ln]
+    assert line and float(line[0].rsplit(" ", 1)[1]) == 3.0, line
+
+    calls.clear()
+    session = top_mod._Session([top], 1.0)
+    try:
+        session.reader.close()
+        session.reader = SweepOnly()
+        session.sampler._reader = session.reader
+        session.tick()
+        rows = {r.path: r for r in top_mod.rows_from_snapshot(session.sampler.snapshot(),
+                                                                  session.names)}
+    finally:
+        session.close()
+    assert calls == [[top]]
+    assert rows[kids[1]].sleeping == 3
