@@ -202,6 +202,8 @@ def _check_known_cgroups(exp, bed, a, b, c1, c2, *, busy=True):
     assert series(s, "cgshim_load_source", ida, source="scan") == [1]
     assert series(s, "cgshim_load_source", idb, source="netlink") == [1]
     assert series(s, "cgshim_load_source", idc, source="netlink") == [1]
+    assert series(s, "cgshim_load_source", ida, source="scan", implementation="native") == [1]
+    assert series(s, "cgshim_load_source", idb, implementation="native") == [1]
     assert len([x for x in s["cgshim_load_source"] if x[0]["id"] in (ida, idb, idc)]) == 3
 
     # PSI: present for the cgroup2 cgroup and for the v1 cgroup with a twin (C2), with a

@@ -26,8 +26,9 @@ threads' schedstat clocks: scan, bpf; not netlink or psi):
 - ``cgshim_container_load1``, ``cgshim_container_load5``, ``cgshim_container_load15`` (gauges):
   the kernel's load average arithmetic fed with that exact runnable average plus the D count;
 
-and its own: ``cgshim_load_source{id,source}`` (1 per cgroup; source = netlink | scan |
-psi) and ``cgshim_sampling_errors_total{error}`` (failed readings by cgshim error class), plus
+and its own: ``cgshim_load_source{id,source,implementation}`` (1 per cgroup; source = netlink
+| scan | psi, implementation = native | python | pyroute2: never a silent fallback) and
+``cgshim_sampling_errors_total{error}`` (failed readings by cgshim error class), plus
 ``cgshim_cgroups`` (cgroups with a reading), with ``runtime_endpoint``
 ``cgshim_runtime_up{endpoint}`` (1 while the runtime answers, 0 while series carry path-only
 labels), and the standard ``process_*`` metrics.
@@ -384,7 +385,8 @@ class Exporter:
         source = GaugeMetricFamily(
             "cgshim_load_source",
             "1 per cgroup: how its task counts were read (netlink: CGROUPSTATS on cgroup v1, "
-            "scan: thread states in /proc, psi: counts unavailable).", labels=("id", "source"))
+            "scan: thread states in /proc, psi: counts unavailable) and by which code (native: "
+            "cgshim's C core, python, pyroute2).", labels=("id", "source", "implementation"))
         for _, sample in sorted(samples.items()):
             reading = sample.cpu_load
             if not isinstance(reading, Reading):
@@ -411,7 +413,7 @@ class Exporter:
             if sample.load1 is not None:
                 for n, value in ((1, sample.load1), (5, sample.load5), (15, sample.load15)):
                     loadavg[n].add_metric(labels, value)
-            source.add_metric([labels[0], cpu.source], 1)
+            source.add_metric([labels[0], cpu.source, cpu.implementation or ""], 1)
         errors = CounterMetricFamily(
             "cgshim_sampling_errors",
             "Failed cgroup readings by the sampler, by cgshim error class.", labels=("error",))
