@@ -537,3 +537,52 @@ def test_systemd_driver_names_get_the_same_labels(runtime, qos, template):
     finally:
         cache.stop()
         daemon.remove_pod(pod["sandbox"])
+
+
+def test_prometheus_answers_kubelet_style_queries(runtime, tmp_path):
+    """Done-when of issue 13: a real Prometheus scraping ``serve --runtime-endpoint`` on a node
+    with the fixture's pods answers queries written for kubelet's /metrics/cadvisor, by
+    namespace, pod and container, with the right values."""
+    import shutil
+
+    from tests.support import prometheus as _prom
+    from tests.support.served import Served as ServedCli
+
+    require_kernel(_prom.available() and shutil.which("promtool"),
+                   "needs Debian's prometheus package: apt-get install prometheus")
+    daemon, cgroups = runtime
+    tag = ctrd.new_uid()[:8]
+    web = make_pod(daemon, cgroups, LAYOUTS[0][1], f"web-{tag}", [("spin", SPIN), ("side", SLEEP)])
+    batch = make_pod(daemon, cgroups, LAYOUTS[2][1], f"batch-{tag}", [("a", SLEEP)])
+    served = prom = None
+    try:
+        served = ServedCli([os.path.join(_cgroup_root(), "kubepods")], "--runtime-endpoint",
+                           daemon.endpoint, interval=0.5)
+        prom = _prom.Prometheus(tmp_path, [served.address], scrape_interval="1s")
+        sel = f'namespace="{NS}",pod="{web["name"]}",container="spin"'
+        got = prom.wait_for(lambda: prom.query(f'container_tasks_state{{{sel},state="running"}}'),
+                            "the spinner's running count by namespace/pod/container")
+        ((labels, value),) = got
+        cid = web["containers"]["spin"]
+        assert value == 1
+        assert labels["id"] == f"{web['parent']}/{cid}" and labels["name"] == cid
+        assert labels["image"] == daemon.images["busybox"]
+        pods = f'{web["name"]}|{batch["name"]}'
+        sleeping = prom.wait_for(lambda: dict(
+            (lab["pod"], v) for lab, v in prom.query(
+                f'sum by (pod) (container_tasks_state{{namespace="{NS}",pod=~"{pods}",'
+                f'container!="",state="sleeping"}})')) or None, "sleeping by pod")
+        assert sleeping == {web["name"]: 1, batch["name"]: 1}
+        containers = {lab["container"]: v for lab, v in prom.query(
+            f'count by (container) (container_cpu_load_average_10s{{namespace="{NS}",'
+            f'pod="{web["name"]}",container!=""}})')}
+        assert containers == {"spin": 1, "side": 1}
+        prom.wait_for(lambda: prom.query(f"container_cpu_load_average_10s{{{sel}}} > 0"),
+                      "the spinner's load average above 0")
+    finally:
+        if prom is not None:
+            prom.close()
+        if served is not None:
+            assert served.close() == 0
+        for pod in (web, batch):
+            daemon.remove_pod(pod["sandbox"])
