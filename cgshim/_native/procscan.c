@@ -28,6 +28,7 @@
 
 #define MAX_FDS_LIMIT (1u << 24)
 #define STAT_PREFIX 512     /* enough for pid, comm (<= 64 bytes) and the state */
+#define SCHEDSTAT_MAX 96    /* "%llu %llu %lu\n": at most 3 * 20 digits, 2 spaces, newline */
 #define LIST_INITIAL 16384
 /* No thread list is longer: PID_MAX_LIMIT (4M) tids of 8 bytes is 32 MiB. A file
  * that goes on past this (say /dev/zero) is not a thread list. */
@@ -36,14 +37,17 @@
 
 struct entry {
     int32_t tid;            /* 0: empty slot */
-    int32_t fd;
+    int32_t fd;             /* the stat file */
+    int32_t sfd;            /* the schedstat file (CG_SCAN_SCHEDSTAT), or -1 */
     uint64_t seen;          /* epoch of the last scan that listed tid */
 };
 
 struct cg_scanner {
     int proc_fd;
     uint32_t max_fds;
-    uint32_t nfds;          /* entries in tab; each holds one open fd */
+    uint32_t nfds;          /* entries in tab; each holds one open fd (stat) */
+    uint32_t nsfds;         /* entries that also hold a schedstat fd: nfds + nsfds <= max_fds */
+    int schedstat;          /* the scan in progress reads schedstat (CG_SCAN_SCHEDSTAT) */
     uint32_t cap;           /* slots in tab: 0 or a power of two >= 2 * nfds */
     struct entry *tab;
     uint64_t epoch;         /* scans started */
@@ -93,9 +97,14 @@ static void table_put(struct entry *tab, uint32_t cap, struct entry e)
     tab[i] = e;
 }
 
-/* Remove slot i without tombstones (backward-shift deletion). */
+/* Remove slot i without tombstones (backward-shift deletion). The caller has closed
+ * its stat fd; its schedstat fd is closed here. */
 static void cache_delete(struct cg_scanner *sc, uint32_t i)
 {
+    if (sc->tab[i].sfd >= 0) {
+        close(sc->tab[i].sfd);
+        sc->nsfds--;
+    }
     uint32_t mask = sc->cap - 1;
     uint32_t j = i;
     for (;;) {
@@ -112,6 +121,7 @@ static void cache_delete(struct cg_scanner *sc, uint32_t i)
     }
     sc->tab[i].tid = 0;
     sc->tab[i].fd = -1;
+    sc->tab[i].sfd = -1;
     sc->nfds--;
 }
 
@@ -130,22 +140,26 @@ static int cache_rebuild(struct cg_scanner *sc, uint32_t new_cap, uint64_t min_a
     struct entry *tab = calloc(new_cap, sizeof *tab);
     if (tab == NULL)
         return ENOMEM;
-    uint32_t kept = 0;
+    uint32_t kept = 0, kept_s = 0;
     for (uint32_t i = 0; i < sc->cap; i++) {
         struct entry e = sc->tab[i];
         if (e.tid == 0)
             continue;
         if (min_age > 0 && sc->epoch - e.seen >= min_age) {
             close(e.fd);
+            if (e.sfd >= 0)
+                close(e.sfd);
             continue;
         }
         table_put(tab, new_cap, e);
         kept++;
+        kept_s += e.sfd >= 0;
     }
     free(sc->tab);
     sc->tab = tab;
     sc->cap = new_cap;
     sc->nfds = kept;
+    sc->nsfds = kept_s;
     return 0;
 }
 
@@ -179,7 +193,7 @@ static void cache_sweep(struct cg_scanner *sc, uint64_t need)
 /* Keep fd for tid if there is room; otherwise close it. */
 static void cache_offer(struct cg_scanner *sc, int32_t tid, int fd)
 {
-    if (sc->nfds >= sc->max_fds) {
+    if (sc->nfds + sc->nsfds >= sc->max_fds) {
         close(fd);
         return;
     }
@@ -193,7 +207,7 @@ static void cache_offer(struct cg_scanner *sc, int32_t tid, int fd)
             return;
         }
     }
-    struct entry e = { .tid = tid, .fd = fd, .seen = sc->epoch };
+    struct entry e = { .tid = tid, .fd = fd, .sfd = -1, .seen = sc->epoch };
     table_put(sc->tab, sc->cap, e);
     sc->nfds++;
 }
@@ -238,12 +252,16 @@ int cg_scanner_new(int proc_dirfd, uint32_t max_fds, struct cg_scanner **out)
 void cg_scanner_drop_cache(struct cg_scanner *sc)
 {
     for (uint32_t i = 0; i < sc->cap; i++)
-        if (sc->tab[i].tid != 0)
+        if (sc->tab[i].tid != 0) {
             close(sc->tab[i].fd);
+            if (sc->tab[i].sfd >= 0)
+                close(sc->tab[i].sfd);
+        }
     free(sc->tab);
     sc->tab = NULL;
     sc->cap = 0;
     sc->nfds = 0;
+    sc->nsfds = 0;
 }
 
 void cg_scanner_free(struct cg_scanner *sc)
@@ -260,7 +278,7 @@ void cg_scanner_free(struct cg_scanner *sc)
 
 uint32_t cg_scanner_cached_fds(struct cg_scanner *sc)
 {
-    return sc->nfds;
+    return sc->nfds + sc->nsfds;
 }
 
 static ssize_t pread_retry(int fd, void *buf, size_t len, off_t off)
@@ -350,6 +368,91 @@ static int count_gone(struct cg_scan_counts *c, int err, struct cg_scan_thread *
     return 0;
 }
 
+int cg_schedstat_clocks(const char *buf, size_t len, uint64_t *run_ns, uint64_t *delay_ns)
+{
+    if (buf == NULL || run_ns == NULL || delay_ns == NULL)
+        return EINVAL;
+    const char *p = buf, *end = buf + len;
+    uint64_t v[2];
+    for (int k = 0; k < 2; k++) {
+        uint64_t x = 0;
+        const char *digits = p;
+        while (p < end && *p >= '0' && *p <= '9') {
+            unsigned d = (unsigned)(*p - '0');
+            if (x > (UINT64_MAX - d) / 10)
+                return EINVAL;
+            x = x * 10 + d;
+            p++;
+        }
+        /* each number ends with the space before the next one, inside what was read */
+        if (p == digits || p == end || *p != ' ')
+            return EINVAL;
+        p++;
+        v[k] = x;
+    }
+    *run_ns = v[0];
+    *delay_ns = v[1];
+    return 0;
+}
+
+/* rec->run_ns / delay_ns from <tid>/task/<tid>/schedstat, through the schedstat fd held
+ * beside the stat fd when there is one (kept while nfds + nsfds < max_fds). stat_fd is
+ * the stat file just read for the same tid: when schedstat has to be opened by path, the
+ * stat fd is read once more afterwards, so that both files are known to belong to the
+ * task whose stat was read (a task that died in between, its tid maybe reused, answers
+ * ESRCH there). A thread gone meanwhile, or a refused file, leaves both clocks 0 (such a
+ * record adds nothing to a tracker); other errors are returned. */
+static int read_clocks(struct cg_scanner *sc, int32_t tid, int stat_fd,
+                       struct cg_scan_thread *rec)
+{
+    char buf[SCHEDSTAT_MAX];
+    ssize_t n = -1;
+    long slot = cache_find(sc, tid);
+    if (slot >= 0 && sc->tab[slot].fd == stat_fd && sc->tab[slot].sfd >= 0) {
+        n = pread_retry(sc->tab[slot].sfd, buf, sizeof buf, 0);
+        if (n < 0) {            /* dead, or anything else: ask by path */
+            close(sc->tab[slot].sfd);
+            sc->tab[slot].sfd = -1;
+            sc->nsfds--;
+        }
+    }
+    if (n < 0) {
+        char path[56];
+        snprintf(path, sizeof path, "%d/task/%d/schedstat", (int)tid, (int)tid);
+        int fd;
+        do
+            fd = openat(sc->proc_fd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        while (fd < 0 && errno == EINTR);
+        int err = fd < 0 ? errno : 0;
+        if (fd >= 0) {
+            n = pread_retry(fd, buf, sizeof buf, 0);
+            if (n < 0)
+                err = errno;
+        }
+        if (err == 0) {
+            char check[STAT_PREFIX];
+            if (pread_retry(stat_fd, check, sizeof check, 0) < 0)
+                err = errno;
+        }
+        if (err != 0) {
+            if (fd >= 0)
+                close(fd);
+            if (err == ENOENT || err == ESRCH || err == EACCES || err == EPERM)
+                return 0;
+            return err;
+        }
+        if (slot >= 0 && sc->tab[slot].fd == stat_fd && sc->nfds + sc->nsfds < sc->max_fds) {
+            sc->tab[slot].sfd = fd;
+            sc->nsfds++;
+        } else {
+            close(fd);
+        }
+    }
+    if (cg_schedstat_clocks(buf, (size_t)n, &rec->run_ns, &rec->delay_ns) != 0)
+        return EBADMSG;
+    return 0;
+}
+
 static int scan_tid(struct cg_scanner *sc, int32_t tid, struct cg_scan_counts *c,
                     struct cg_scan_thread *rec)
 {
@@ -362,8 +465,12 @@ static int scan_tid(struct cg_scanner *sc, int32_t tid, struct cg_scan_counts *c
         struct entry *e = &sc->tab[slot];
         e->seen = sc->epoch;
         n = pread_retry(e->fd, buf, sizeof buf, 0);
-        if (n >= 0)
-            return tally(c, buf, (size_t)n, rec);
+        if (n >= 0) {
+            int err = tally(c, buf, (size_t)n, rec);
+            if (err == 0 && rec != NULL && sc->schedstat)
+                err = read_clocks(sc, tid, e->fd, rec);
+            return err;
+        }
         /* Dead task (ESRCH) or anything else: forget this fd, ask by path. */
         close(e->fd);
         cache_delete(sc, (uint32_t)slot);
@@ -387,10 +494,12 @@ static int scan_tid(struct cg_scanner *sc, int32_t tid, struct cg_scan_counts *c
         return count_gone(c, err, rec) ? 0 : err;
     }
     int err = tally(c, buf, (size_t)n, rec);
+    if (err == 0 && rec != NULL && sc->schedstat)
+        err = read_clocks(sc, tid, fd, rec);    /* before the cache may close fd */
     if (err != 0 || sc->max_fds == 0)
         close(fd);
     else
-        cache_offer(sc, tid, fd);
+        cache_offer(sc, tid, fd);   /* its schedstat fd is kept from the next scan on */
     return err;
 }
 
@@ -490,8 +599,10 @@ static void cache_prepare(struct cg_scanner *sc, const int32_t *tids, size_t n)
         else
             misses++;
     }
-    if (misses > 0 && sc->nfds + misses > sc->max_fds)
-        cache_sweep(sc, sc->nfds + misses - sc->max_fds);
+    /* a thread read with its schedstat file wants two fds */
+    uint64_t held = (uint64_t)sc->nfds + sc->nsfds, want = misses * (sc->schedstat ? 2 : 1);
+    if (misses > 0 && held + want > sc->max_fds)
+        cache_sweep(sc, held + want - sc->max_fds);
 }
 
 /* Scan tids[0..n) into c (and rec[0..n) if not NULL). */
@@ -568,7 +679,9 @@ int cg_scanner_scan_many(struct cg_scanner *sc, const int32_t *list_fds, uint32_
                          uint64_t *thread_end, uint64_t *nthreads)
 {
     int records = (flags & CG_SCAN_RECORDS) != 0;
-    if (sc == NULL || (flags & ~(uint32_t)CG_SCAN_RECORDS) != 0 ||
+    /* schedstat clocks go into the records: only with CG_SCAN_RECORDS */
+    if (sc == NULL || (flags & ~(uint32_t)(CG_SCAN_RECORDS | CG_SCAN_SCHEDSTAT)) != 0 ||
+        ((flags & CG_SCAN_SCHEDSTAT) && !records) ||
         (n > 0 && (list_fds == NULL || counts == NULL || errs == NULL)) ||
         (records && (thread_end == NULL || nthreads == NULL || (threads == NULL && threads_cap))))
         return EINVAL;
@@ -610,6 +723,7 @@ int cg_scanner_scan_many(struct cg_scanner *sc, const int32_t *list_fds, uint32_
         }
     }
     sc->epoch++;                /* one scan: every list of the batch is listed now */
+    sc->schedstat = (flags & CG_SCAN_SCHEDSTAT) != 0;
     cache_prepare(sc, sc->tids, total);
     for (uint32_t i = 0; i < n; i++) {
         size_t b = span[2 * i], e = span[2 * i + 1];
@@ -623,6 +737,7 @@ int cg_scanner_scan_many(struct cg_scanner *sc, const int32_t *list_fds, uint32_
             memset(&counts[i], 0, sizeof counts[i]);
         }
     }
+    sc->schedstat = 0;
     free(span);
     return 0;
 }
@@ -641,7 +756,7 @@ int cg_scanner_set_max_fds(struct cg_scanner *sc, uint32_t max_fds)
 {
     if (sc == NULL || max_fds > MAX_FDS_LIMIT)
         return EINVAL;
-    if (sc->nfds > max_fds)
+    if (sc->nfds + sc->nsfds > max_fds)
         cg_scanner_drop_cache(sc);
     sc->max_fds = max_fds;
     return 0;

@@ -69,7 +69,8 @@ int cg_scanner_scan_fd(struct cg_scanner *sc, int list_fd, struct cg_scan_counts
 int cg_scanner_scan_buf(struct cg_scanner *sc, const char *list, size_t len,
                         struct cg_scan_counts *out);
 
-/* Number of stat fds currently held open; close them all. */
+/* Number of fds currently held open (stat, and schedstat with CG_SCAN_SCHEDSTAT);
+ * close them all. */
 uint32_t cg_scanner_cached_fds(struct cg_scanner *sc);
 void cg_scanner_drop_cache(struct cg_scanner *sc);
 
@@ -83,19 +84,25 @@ int cg_stat_state(const char *buf, size_t len);
  * One record per distinct listed tid, for callers that follow threads from one scan to
  * the next. (tid, starttime) names a thread across pid reuse: starttime is field 22 of
  * the stat line (clock ticks after boot; fs/proc/array.c do_task_stat, task->start_boottime).
- * run_ns / delay_ns are reserved for the cumulative clocks of
- * /proc/<pid>/task/<tid>/schedstat (sum_exec_runtime, run_delay): CG_SCAN_SCHEDSTAT is
- * not implemented yet and refused with EINVAL; they read 0. */
+ * With CG_SCAN_SCHEDSTAT (only with CG_SCAN_RECORDS), run_ns / delay_ns are the thread's
+ * cumulative clocks from /proc/<pid>/task/<tid>/schedstat (fs/proc/base.c
+ * proc_pid_schedstat: se.sum_exec_runtime, sched_info.run_delay), read right after its stat
+ * line, through a second fd held beside the stat fd (one more pread per thread; the cache
+ * then holds up to two fds per thread, never more than max_fds in all). Both files are of
+ * the same task: a schedstat opened by path is followed by one more read of the stat fd,
+ * which fails (ESRCH) if that task died meanwhile. 0 and 0 when the clocks could not be
+ * read (the thread exited between the two files, or schedstat was refused); without the
+ * flag they read 0. */
 struct cg_scan_thread {
     int32_t tid;
     int32_t state;          /* the /proc letter (R, S, D, T, ...); 0: vanished; -1: denied */
     uint64_t starttime;     /* stat field 22; 0 when state <= 0 */
-    uint64_t run_ns;        /* reserved: schedstat field 1 */
-    uint64_t delay_ns;      /* reserved: schedstat field 2 */
+    uint64_t run_ns;        /* schedstat field 1, with CG_SCAN_SCHEDSTAT */
+    uint64_t delay_ns;      /* schedstat field 2, with CG_SCAN_SCHEDSTAT */
 };
 
 #define CG_SCAN_RECORDS 1   /* fill threads[] */
-#define CG_SCAN_SCHEDSTAT 2 /* reserved (exact load): EINVAL for now */
+#define CG_SCAN_SCHEDSTAT 2 /* fill run_ns / delay_ns (needs CG_SCAN_RECORDS, else EINVAL) */
 
 /* Scan n thread lists (list_fds[i]: an open cgroup.threads or tasks file, read with
  * pread from offset 0 to EOF) in one call. All lists are read and parsed first, then
@@ -130,3 +137,8 @@ uint32_t cg_scanner_max_fds(struct cg_scanner *sc);
 /* Field 22 (starttime) of a stat line: 0 and *out, or EINVAL if the line does not
  * reach it or a field before it is not a number. */
 int cg_stat_starttime(const char *buf, size_t len, uint64_t *out);
+
+/* The first two numbers of a schedstat line ("%llu %llu %lu\n": sum_exec_runtime,
+ * run_delay, pcount): 0, or EINVAL if either is missing, not decimal, > UINT64_MAX, or
+ * not followed by a space inside buf (a cut line cannot tell 12 from 123). */
+int cg_schedstat_clocks(const char *buf, size_t len, uint64_t *run_ns, uint64_t *delay_ns);
