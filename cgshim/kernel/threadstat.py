@@ -25,6 +25,7 @@ import attrs
 
 from cgshim import _native
 from cgshim.errors import CgshimError, ParseError, Unsupported, translate
+from cgshim.kernel import schedstat
 from cgshim.model import TaskCounts
 
 # cgroupstats_build() counts by exact task state; by /proc letter that is:
@@ -165,6 +166,8 @@ class Scanner:
         self._lock = threading.Lock()
         self._sc = None
         self._dirfd = None
+        self._records = None  # struct cg_scan_thread[] kept by scan_many_clocks
+        self._records_cap = 4096
         mod = _native.procscan
         if native and mod is None:
             raise Unsupported(f"the C scanner is not built: {_native.load_errors.get('procscan')}; "
@@ -264,6 +267,89 @@ class Scanner:
                 return self._scan_python(data, list_path)
         finally:
             os.close(fd)
+
+    def scan_file_clocks(self, list_path: str):
+        """:meth:`scan_file` plus each listed thread's clocks (exact load): ``(ScanCounts,
+        clocks)``, ``clocks`` a list of ``(tid, starttime, run_ns, wait_ns)`` from stat field
+        22 and /proc/<pid>/task/<tid>/schedstat (:mod:`cgshim.kernel.schedstat`) of the
+        threads whose clocks could be read (not those that exited meanwhile). The C scanner
+        reads schedstat through a second held fd; the pure-Python path opens both files.
+        Same errors as scan_file."""
+        try:
+            fd = os.open(list_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _list_error(exc.errno, list_path) from exc
+        try:
+            if self.native:
+                counts, errs, clocks = self.scan_many_clocks([fd])
+                if errs[0]:
+                    data = _read_quietly(fd) if errs[0] == errno.EINVAL else None
+                    raise _list_error(errs[0], list_path, data)
+                return _from_c(counts[0]), clocks[0]
+            with self._lock:
+                self._check_open()
+                try:
+                    data = _read_all(fd)
+                except OSError as exc:
+                    raise _list_error(exc.errno, list_path) from exc
+                counts = self._scan_python(data, list_path)
+                from cgshim.kernel.cgroupfs import parse_thread_list
+
+                tids = [t for t in dict.fromkeys(parse_thread_list(data)) if t]
+                clocks = [(c.tid, c.starttime, c.run_ns, c.wait_ns)
+                          for c in schedstat.read_threads(tids, self.proc_root)
+                          if c.run_ns or c.wait_ns]
+                return counts, clocks
+        finally:
+            os.close(fd)
+
+    def scan_many_clocks(self, list_fds):
+        """:meth:`scan_many_raw` with CG_SCAN_RECORDS | CG_SCAN_SCHEDSTAT: ``(counts, errs,
+        clocks)``, ``clocks[i]`` the ``(tid, starttime, run_ns, wait_ns)`` of list i's threads
+        whose clocks were read (a record of a thread that exited, or whose files were
+        refused, has state <= 0 or both clocks 0 and is left out). The record buffer is
+        kept between calls. Needs the C scanner."""
+        list_fds = [int(fd) for fd in list_fds]
+        n = len(list_fds)
+        with self._lock:
+            self._check_open()
+            if self._sc is None:
+                raise Unsupported("scan_many_clocks needs the C scanner (cgshim._native.procscan)")
+            ffi, lib = self._mod.ffi, self._mod.lib
+            counts = ffi.new("struct cg_scan_counts[]", n)
+            errs = ffi.new("int32_t[]", n)
+            if not n:
+                return counts, errs, []
+            ends = ffi.new("uint64_t[]", n)
+            total = ffi.new("uint64_t *")
+            fds = ffi.new("int32_t[]", list_fds)
+            flags = lib.CG_SCAN_RECORDS | lib.CG_SCAN_SCHEDSTAT
+            while True:
+                if self._records is None:
+                    self._records = ffi.new("struct cg_scan_thread[]", self._records_cap)
+                err = lib.cg_scanner_scan_many(self._sc, fds, n, flags, counts, errs,
+                                               self._records, self._records_cap, ends, total)
+                if err != errno.ENOSPC:
+                    break
+                # the lists are longer than the buffer: room for them and some growth
+                self._records_cap = total[0] + total[0] // 4 + 1024
+                self._records = None
+            if err:
+                raise _list_error(err, f"{n} thread lists")
+            used = ends[n - 1]
+            # Columns straight from the records' bytes (struct cg_scan_thread: i32 tid,
+            # i32 state, u64 starttime, u64 run_ns, u64 delay_ns; 32 bytes, checked below).
+            raw = memoryview(ffi.buffer(self._records, used * _RECORD_SIZE))
+            words, halves = raw.cast("Q"), raw.cast("i")
+            tids, states = halves[0::8].tolist(), halves[1::8].tolist()
+            starts, runs, waits = words[1::4].tolist(), words[2::4].tolist(), words[3::4].tolist()
+            clocks, begin = [], 0
+            for i in range(n):
+                end = ends[i]
+                clocks.append([(tids[k], starts[k], runs[k], waits[k]) for k in range(begin, end)
+                               if states[k] > 0 and (runs[k] or waits[k])])
+                begin = end
+            return counts, errs, clocks
 
     def scan_bytes(self, data: bytes) -> ScanCounts:
         """Scan a thread list given as bytes (ParseError if it is not one)."""
@@ -436,3 +522,19 @@ def _from_c(out):
 
 #: The typed error for an errno a scan returned for one list (scan_many_raw's errs).
 list_error = _list_error
+
+
+def _record_size():
+    """sizeof(struct cg_scan_thread) if its layout is the one scan_many_clocks reads."""
+    mod = _native.procscan
+    if mod is None:
+        return None
+    ffi = mod.ffi
+    layout = [ffi.offsetof("struct cg_scan_thread", f)
+              for f in ("tid", "state", "starttime", "run_ns", "delay_ns")]
+    if layout != [0, 4, 8, 16, 24] or ffi.sizeof("struct cg_scan_thread") != 32:
+        raise ImportError(f"struct cg_scan_thread has an unexpected layout {layout}")
+    return 32
+
+
+_RECORD_SIZE = _record_size()
