@@ -48,7 +48,9 @@ from cgshim.errors import (
 )
 from cgshim.kernel.mounts import Resolved
 from cgshim.model import BackendStatus, CpuLoad, Sweep
+from cgshim.kernel.schedstat import boot_ticks
 from cgshim.kernel.threadstat import Scanner
+from cgshim.runnable import RunnableTracker
 
 _LIST_FILE = {1: "tasks", 2: "cgroup.threads"}
 _GONE = (errno.ENOENT, errno.ENODEV)
@@ -65,7 +67,7 @@ class _Target:
     """
 
     __slots__ = ("resolved", "dir_fd", "dir_id", "psi_fd", "psi_path", "psi_checked",
-                 "psi_denied", "lock", "closed", "used", "list_fd")
+                 "psi_denied", "lock", "closed", "used", "list_fd", "clock_key", "clocks")
 
     def __init__(self, resolved):
         self.resolved = resolved
@@ -79,6 +81,8 @@ class _Target:
         self.closed = False
         self.used = True  # CLOCK bit: read since the last eviction sweep passed it
         self.list_fd = None  # the thread list, held by Reader.sweep's scan
+        self.clock_key = None  # (st_dev, st_ino) of the directory: its runnable counters' key
+        self.clocks = None  # (run_ns, wait_ns) counters of the current read, if the backend has them
 
     def close(self):
         with self.lock:
@@ -355,15 +359,23 @@ class _Scan(_Backend):
     def _scan(self, target):
         resolved = target.resolved
         list_file = os.path.join(resolved.path, _LIST_FILE[resolved.version])
-        counts = self.scanner.scan_file(list_file)
-        if counts.nr_listed and counts.nr_listed == counts.nr_vanished:
+        exact = self.reader._runnable is not None
+        for _ in range(2):
+            ticks = boot_ticks()  # before the list is read (RunnableTracker.account)
+            if exact:
+                counts, clocks = self.scanner.scan_file_clocks(list_file)
+            else:
+                counts, clocks = self.scanner.scan_file(list_file), None
+            if not (counts.nr_listed and counts.nr_listed == counts.nr_vanished):
+                break
             # Either every thread exited in between, or none of the tids is visible in this
             # pid namespace. Look once more: a live cgroup cannot vanish twice in a row.
-            counts = self.scanner.scan_file(list_file)
-            if counts.nr_listed and counts.nr_listed == counts.nr_vanished:
-                raise _NotVisible(f"none of the {counts.nr_listed} listed threads is visible "
-                                  f"in this pid namespace's /proc")
+        else:
+            raise _NotVisible(f"none of the {counts.nr_listed} listed threads is visible "
+                              f"in this pid namespace's /proc")
         _scan_verdict(resolved, counts)
+        if clocks is not None:
+            self.reader._account(target, clocks, ticks)
         return counts
 
     def counts_many(self, targets):
@@ -394,10 +406,12 @@ class _Scan(_Backend):
                         transient.append(fd)
                 fds.append(fd)
                 where.append(i)
-            counts, errs = self.scanner.scan_many_raw(fds)
+            counts, errs, clocks, ticks = self._scan_many(fds)
             retry = []
             for k, i in enumerate(where):
                 out[i] = self._outcome(targets[i], counts[k], errs[k], retry, i)
+                if clocks is not None and isinstance(out[i], tuple):
+                    self.reader._account(targets[i], clocks[k], ticks)
             if retry:
                 # Either every thread exited in between, or none of the tids is visible in
                 # this pid namespace. Look once more: a live cgroup cannot vanish twice in a
@@ -414,13 +428,22 @@ class _Scan(_Backend):
                         else:
                             transient.append(fd)
                     again.append(fd)
-                counts, errs = self.scanner.scan_many_raw(again)
+                counts, errs, clocks, ticks = self._scan_many(again)
                 for k, i in enumerate(retry):
                     out[i] = self._outcome(targets[i], counts[k], errs[k], None, i)
+                    if clocks is not None and isinstance(out[i], tuple):
+                        self.reader._account(targets[i], clocks[k], ticks)
         finally:
             for fd in transient:
                 os.close(fd)
         return out
+
+    def _scan_many(self, fds):
+        """(counts, errs, clocks or None, boot ticks before the lists were read)."""
+        ticks = boot_ticks()
+        if self.reader._runnable is None:
+            return (*self.scanner.scan_many_raw(fds), None, ticks)
+        return (*self.scanner.scan_many_clocks(fds), ticks)
 
     def _outcome(self, target, c, err, retry, i):
         """One list's result of scan_many as counts_many returns it; with ``retry`` a
@@ -455,6 +478,8 @@ class _Scan(_Backend):
         listed, with room to grow), within RLIMIT_NOFILE less the fds the rest of the
         process holds and ``reserve`` more for what it may open; raise the soft limit to the hard one first if that is needed and
         allowed (as node agents do). Returns a warning if the cache cannot hold them."""
+        if self.reader._runnable is not None:
+            threads *= 2  # each thread's stat and schedstat files (exact load)
         want = threads + threads // 4 + 64
         if want <= self.scanner.max_fds:
             return None
@@ -625,6 +650,11 @@ class Reader:
         # The chain per cgroup version, fixed for the Reader's life.
         self._chains = {v: tuple(b for b in self._backends.values() if v in b.cgroup_versions)
                         for v in (1, 2)}
+        # Exact load: per-thread clocks -> per-cgroup counters (cgshim.runnable), for the
+        # backends that see threads' schedstat clocks; None (with the reason) if this /proc
+        # has no schedstat files (a kernel without CONFIG_SCHED_INFO).
+        self.runnable_unavailable = _schedstat_missing(proc_root)
+        self._runnable = RunnableTracker() if self.runnable_unavailable is None else None
         self._sweep_lock = threading.Lock()
         self._swept = {}  # absolute directory -> _Target held by sweep() between passes
         self._trees = _Trees()  # the cgroup trees sweep() walked, kept while none changes
@@ -698,7 +728,9 @@ class Reader:
 
     def _read(self, target, recursive):
         """One reading of target, whose lock the caller holds."""
+        target.clocks = None
         counts, backend, reason = self._counts(target)
+        clocks = None if recursive else target.clocks
         if recursive and counts is not None:
             counts, reason = self._add_descendants(target, counts, backend, reason)
         pressure = self._pressure(target) if self._use_pressure else None
@@ -715,7 +747,7 @@ class Reader:
         return CpuLoad(resolved.path, resolved.version, backend.name, counts.nr_running,
                        counts.nr_sleeping, counts.nr_uninterruptible, counts.nr_stopped,
                        counts.nr_io_wait, pressure, time.monotonic(), reason,
-                       backend.implementation)
+                       backend.implementation, *_seconds(clocks))
 
     # -- the node sweep -------------------------------------------------------------------
     def sweep(self, roots=None, *, recursive=False):
@@ -749,7 +781,9 @@ class Reader:
             # Cgroups gone since the last pass: release their fds now.
             swept = self._swept
             for path in [p for p in swept if p not in found]:
-                swept.pop(path).close()
+                gone = swept.pop(path)
+                gone.close()
+                self._forget_clocks(gone)
             for path, resolved in found.items():
                 if path not in swept:
                     swept[path] = _Target(resolved)
@@ -763,7 +797,9 @@ class Reader:
             stale = [p for p, r in results.items() if isinstance(r, CgroupNotFound)]
             fresh = []
             for path in stale:
-                swept.pop(path).close()
+                gone = swept.pop(path)
+                gone.close()
+                self._forget_clocks(gone)
                 if os.path.isdir(path):
                     swept[path] = _Target(found[path])
                     fresh.append(swept[path])
@@ -771,7 +807,9 @@ class Reader:
                 results.update(self._sweep_counts(fresh))
             for path in stale:
                 if isinstance(results[path], CgroupNotFound) and path in swept:
-                    swept.pop(path).close()
+                    gone = swept.pop(path)
+                    gone.close()
+                    self._forget_clocks(gone)
             if recursive:
                 results = _subtree_sums(found, results)
             readings = {}
@@ -780,11 +818,13 @@ class Reader:
                     errors[path] = result
                     continue
                 try:
-                    readings[path] = self._sweep_reading(swept[path], *result)
+                    readings[path] = self._sweep_reading(swept[path], *result, recursive)
                 except CgshimError as exc:
                     errors[path] = exc
                     if isinstance(exc, CgroupNotFound):
-                        swept.pop(path).close()
+                        gone = swept.pop(path)
+                        gone.close()
+                        self._forget_clocks(gone)
             scan = self._backends.get("scan")
             if scan is not None and scan.scanner.native and scan.listed and scanned:
                 # room for what else may be opened: the cpu_load cache (2 per cgroup) and
@@ -823,6 +863,8 @@ class Reader:
     def _sweep_counts(self, targets):
         """{path: (counts 5-tuple or None, backend, reason) or CgshimError}: each version's
         chain of backends, each backend reading all the cgroups still open in one call."""
+        for target in targets:
+            target.clocks = None  # set by a backend that reads the threads' clocks
         results = {}
         for version in (1, 2):
             todo = [t for t in targets if t.resolved.version == version]
@@ -856,8 +898,9 @@ class Reader:
                     results[path] = last.error or PermissionDenied(f"{path}: {reasons[path]}")
         return {t.resolved.path: results[t.resolved.path] for t in targets}
 
-    def _sweep_reading(self, target, counts, backend, reason):
+    def _sweep_reading(self, target, counts, backend, reason, recursive=False):
         """The CpuLoad of one swept cgroup (as :meth:`_read` builds it)."""
+        clocks = None if recursive else target.clocks
         pressure = self._pressure(target) if self._use_pressure else None
         resolved = target.resolved
         if counts is None:
@@ -869,7 +912,7 @@ class Reader:
             return CpuLoad(resolved.path, resolved.version, backend.name, None, None, None,
                            None, None, pressure, time.monotonic(), reason, backend.implementation)
         return CpuLoad(resolved.path, resolved.version, backend.name, *counts, pressure,
-                       time.monotonic(), reason, backend.implementation)
+                       time.monotonic(), reason, backend.implementation, *_seconds(clocks))
 
     # -- resolution cache ---------------------------------------------------------------
     def _target(self, path):
@@ -901,11 +944,39 @@ class Reader:
 
     def forget(self, path):
         """Drop what is cached for ``path`` (its resolution and held fds), e.g. once a
-        caller knows the cgroup is gone. The next read resolves it afresh."""
+        caller knows the cgroup is gone. The next read resolves it afresh. The cgroup's
+        runnable counters are dropped too if its directory is gone (or re-created: a new
+        cgroup), never while it is there (they stay monotonic for the Reader's life)."""
         with self._lock:
             target = self._targets.pop(path, None)
         if target is not None:
             target.close()
+            self._forget_clocks(target)
+
+    # -- exact load -------------------------------------------------------------------------
+    def _account(self, target, clocks, ticks):
+        """Add one read's thread clocks to target's runnable counters (cgshim.runnable):
+        ``target.clocks`` gets the counters (run_ns, wait_ns), or stays None if the
+        directory cannot be identified (removed meanwhile)."""
+        key = target.clock_key
+        if key is None:
+            try:
+                st = os.stat(target.resolved.path)
+            except OSError:
+                return
+            key = target.clock_key = (st.st_dev, st.st_ino)
+        target.clocks = self._runnable.account(key, clocks, ticks)
+
+    def _forget_clocks(self, target):
+        key = target.clock_key
+        if key is None or self._runnable is None:
+            return
+        try:
+            st = os.stat(target.resolved.path)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != key:
+            self._runnable.forget(key)
 
     # -- the backend chain ----------------------------------------------------------------
     def _counts(self, target):
@@ -1139,6 +1210,29 @@ def default_roots(hier=None):
     if cpu is not None:
         return [cpu.mount_point]
     return [hier.v2.mount_point] if hier.v2 is not None else []
+
+
+def _seconds(clocks):
+    """(runnable_seconds, runqueue_seconds) of counters (run_ns, wait_ns), or (None, None)."""
+    if clocks is None:
+        return None, None
+    run, wait = clocks
+    return (run + wait) / 1e9, wait / 1e9
+
+
+def _schedstat_missing(proc_root):
+    """Why this /proc offers no per-thread schedstat clocks, or None if it does. The file
+    exists only with CONFIG_SCHED_INFO (fs/proc/base.c tid_base_stuff); pid 1 is in every
+    pid namespace's /proc."""
+    path = os.path.join(proc_root, "1", "task", "1", "schedstat")
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return (f"{path} does not exist: the kernel keeps no per-thread schedstat clocks "
+                f"(CONFIG_SCHED_INFO off), so runnable_seconds stay None")
+    except OSError:
+        pass  # there, but not ours to stat (hidepid): the reads will tell
+    return None
 
 
 def _open_dir(path):
