@@ -16,37 +16,39 @@ import time
 
 import pytest
 
-from cgshim.kernel import cgroupfs
-from cgshim.kernel.schedstat import boot_ticks, read_thread, read_threads
+import cgshim
+from cgshim.kernel.schedstat import read_thread
 from cgshim.kernel.threadstat import Scanner
 from cgshim.load import LoadTracker
-from cgshim.runnable import RunnableTracker
 
 WINDOW = 10.0  # seconds of each designed-workload measurement
 TOLERANCE = 0.03
 
 
 class _CgroupClocks:
-    """Reads cgroups' cumulative runnable/runqueue seconds through one tracker."""
+    """Reads cgroups' cumulative runnable/runqueue seconds through one Reader (the scan
+    backend, C scanner when built): (timestamp, runnable_seconds, runqueue_seconds)."""
 
-    def __init__(self):
-        self.tracker = RunnableTracker()
+    def __init__(self, reader):
+        self.reader = reader
 
     def read(self, cgroup):
-        t = time.monotonic()
-        ticks = boot_ticks()
-        with open(os.path.join(cgroup, "cgroup.threads"), "rb") as f:
-            tids = dict.fromkeys(cgroupfs.parse_thread_list(f.read()))
-        clocks = [(c.tid, c.starttime, c.run_ns, c.wait_ns) for c in read_threads(tids)]
-        run, wait = self.tracker.account(cgroup, clocks, ticks)
-        return t, (run + wait) / 1e9, wait / 1e9
+        load = self.reader.cpu_load(cgroup)
+        assert load.source == "scan", load
+        return load.timestamp, load.runnable_seconds, load.runqueue_seconds
+
+
+@pytest.fixture
+def clocks():
+    with cgshim.Reader() as reader:
+        yield _CgroupClocks(reader)
 
 
 def _nr_cpus():
     return len(os.sched_getaffinity(0))
 
 
-def _designed_run(testbed, workers, note, quiet=None):
+def _designed_run(testbed, clocks, workers, note, quiet=None):
     """Start ``workers`` [(duty, period, phase)] in one cgroup on one schedule, measure a
     WINDOW and return (exact average, runqueue average, measured demand, designed demand).
 
@@ -56,7 +58,6 @@ def _designed_run(testbed, workers, note, quiet=None):
     per thread across the window's edges; at a quiet phase there is none to shift.
     cAdvisor's view is printed beside: one nr_running sample a second, smoothed."""
     cg = testbed.cgroup(2)
-    clocks = _CgroupClocks()
     period = workers[0][1]
     procs = [testbed.periodic(d, p, cgroup=cg, phase=ph, seconds=WINDOW + 3.0) for d, p, ph in workers]
     start = time.monotonic() + 0.2
@@ -102,17 +103,17 @@ def _check(exact, measured):
         f"workers measured ({measured:.3f})")
 
 
-def test_three_at_half_of_one_second(testbed):
+def test_three_at_half_of_one_second(testbed, clocks):
     exact, _, measured, designed = _designed_run(
-        testbed, [(0.5, 1.0, 0.0)] * 3, "3 x 50% of 1 s, in phase", quiet=0.8)
+        testbed, clocks, [(0.5, 1.0, 0.0)] * 3, "3 x 50% of 1 s, in phase", quiet=0.8)
     _check(exact, measured)
     assert measured >= designed * 0.99  # a worker can overrun its design, never underrun it
 
 
-def test_four_always_spinning_on_two_cores_shows_the_wait(testbed):
+def test_four_always_spinning_on_two_cores_shows_the_wait(testbed, clocks):
     ncpu = _nr_cpus()
     exact, runqueue, measured, designed = _designed_run(
-        testbed, [(1.0, 1.0, 0.0)] * 4, f"4 x 100% on {ncpu} cores")
+        testbed, clocks, [(1.0, 1.0, 0.0)] * 4, f"4 x 100% on {ncpu} cores")
     _check(exact, measured)
     assert measured == pytest.approx(4.0, rel=0.01)  # always spinning: runnable by design
     # At most ncpu of them run at any instant, so the rest of the runnable time is waiting.
@@ -120,20 +121,19 @@ def test_four_always_spinning_on_two_cores_shows_the_wait(testbed):
     assert runqueue <= exact
 
 
-def test_five_at_thirty_percent_of_130_ms(testbed):
+def test_five_at_thirty_percent_of_130_ms(testbed, clocks):
     exact, _, measured, designed = _designed_run(
-        testbed, [(0.3, 0.13, 0.0)] * 5, "5 x 30% of 130 ms, in phase", quiet=0.85)
+        testbed, clocks, [(0.3, 0.13, 0.0)] * 5, "5 x 30% of 130 ms, in phase", quiet=0.85)
     _check(exact, measured)
     assert measured >= designed * 0.99
 
 
-def test_counters_stay_monotonic_through_exits_creation_and_migration(testbed):
+def test_counters_stay_monotonic_through_exits_creation_and_migration(testbed, clocks):
     """Two cgroups read back to back for ~3 s while a spinner migrates between them every
     ~50 ms and short-lived spinning processes are created in A and exit. Each counter never
     goes down; together they hold the migrating spinner's whole time (it is always
     runnable, and a move loses nothing), and never more than every thread could have had."""
     a, b = testbed.cgroup(2), testbed.cgroup(2)
-    clocks = _CgroupClocks()
     mover = testbed.spawn(busy=True, cgroups=(a,))
     readings = {a: [clocks.read(a)], b: [clocks.read(b)]}
     stop = threading.Event()
@@ -180,13 +180,12 @@ def _set_last_pid(pid):
         f.write(str(pid))
 
 
-def test_a_reused_tid_is_a_new_thread(testbed):
+def test_a_reused_tid_is_a_new_thread(testbed, clocks):
     """A spinning process is read, killed, and its pid given to a new (sleeping) process in
     the same cgroup with ns_last_pid: the next read adds exactly the new process's own
     clocks (it started since the last read), nothing of the old one's, and never makes the
     counter go down."""
     cg = testbed.cgroup(2)
-    clocks = _CgroupClocks()
     for _attempt in range(30):
         old = testbed.spawn(busy=True, cgroups=(cg,))
         clocks.read(cg)
@@ -213,3 +212,31 @@ def test_a_reused_tid_is_a_new_thread(testbed):
         assert after - before == pytest.approx(right, abs=2e-3)
         return
     pytest.fail("could not get the same pid back in 30 attempts")
+
+
+def test_sweep_and_cpu_load_share_the_counters_and_other_sources_have_none(testbed):
+    """One Reader's sweep and cpu_load advance the same counters (a spinner's runnable time
+    grows by the time between any two readings, whichever read it); netlink (v1), psi and
+    recursive readings carry None."""
+    cg = testbed.cgroup(2)
+    w = testbed.spawn(busy=True, cgroups=(cg,))
+    with cgshim.Reader() as reader:
+        seq = []
+        for i in range(6):
+            load = reader.sweep([cg])[cg] if i % 2 else reader.cpu_load(cg)
+            seq.append((load.timestamp, load.runnable_seconds))
+            time.sleep(0.1)
+        for (t0, r0), (t1, r1) in zip(seq, seq[1:]):
+            # always runnable: + the time between the reads, less a wait in progress / tick
+            assert (t1 - t0) - 0.05 <= r1 - r0 <= (t1 - t0) + 0.05
+        assert reader.cpu_load(cg, recursive=True).runnable_seconds is None
+        assert reader.sweep([cg], recursive=True)[cg].runnable_seconds is None
+    v1 = testbed.cgroup(1)
+    testbed.move(w, v1)
+    with cgshim.Reader() as reader:
+        load = reader.cpu_load(v1)
+        if load.source == "netlink":
+            assert load.runnable_seconds is None and load.runqueue_seconds is None
+    with cgshim.Reader(backends=("psi",)) as reader:
+        load = reader.cpu_load(cg)
+        assert load.source == "psi" and load.runnable_seconds is None
