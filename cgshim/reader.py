@@ -625,13 +625,18 @@ class Reader:
       each; those not read lately are closed first), and is capped to 1/8 of the soft
       RLIMIT_NOFILE; ``max_fds`` bounds the scanner's held-open stat files, capped to 1/4
       (:func:`cgshim.kernel.threadstat.effective_max_fds`). Together at most 1/2 of the limit.
+    - ``runnable=False`` skips exact load: the scan then reads no schedstat clocks and
+      ``CpuLoad.runnable_seconds`` / ``runqueue_seconds`` are None (one pread and one held
+      fd less per thread). ``runnable_unavailable`` says why they are None when the kernel
+      has no schedstat files.
     """
 
     #: how long a cgroup without a cpu.pressure file waits before looking again, seconds
     PRESSURE_RECHECK = 5.0
 
     def __init__(self, *, backends=None, netlink=None, pressure=True, proc_root="/proc",
-                 mountinfo="/proc/self/mountinfo", timeout=1.0, max_cgroups=1024, max_fds=4096):
+                 mountinfo="/proc/self/mountinfo", timeout=1.0, max_cgroups=1024, max_fds=4096,
+                 runnable=True):
         self.backends = _chosen(backends, netlink)
         self.hierarchy = _load_hierarchy(mountinfo)
         self._use_pressure = pressure
@@ -653,7 +658,8 @@ class Reader:
         # Exact load: per-thread clocks -> per-cgroup counters (cgshim.runnable), for the
         # backends that see threads' schedstat clocks; None (with the reason) if this /proc
         # has no schedstat files (a kernel without CONFIG_SCHED_INFO).
-        self.runnable_unavailable = _schedstat_missing(proc_root)
+        self.runnable_unavailable = (_schedstat_missing(proc_root) if runnable
+                                     else "exact load switched off (Reader(runnable=False))")
         self._runnable = RunnableTracker() if self.runnable_unavailable is None else None
         self._sweep_lock = threading.Lock()
         self._swept = {}  # absolute directory -> _Target held by sweep() between passes
