@@ -396,12 +396,15 @@ int cg_schedstat_clocks(const char *buf, size_t len, uint64_t *run_ns, uint64_t 
 }
 
 /* rec->run_ns / delay_ns from <tid>/task/<tid>/schedstat, through the schedstat fd held
- * beside the stat fd when there is one (kept while nfds + nsfds < max_fds). stat_fd is
- * the stat file just read for the same tid: when schedstat has to be opened by path, the
- * stat fd is read once more afterwards, so that both files are known to belong to the
- * task whose stat was read (a task that died in between, its tid maybe reused, answers
- * ESRCH there). A thread gone meanwhile, or a refused file, leaves both clocks 0 (such a
- * record adds nothing to a tracker); other errors are returned. */
+ * beside the stat fd when there is one (kept while nfds + nsfds < max_fds); stat_fd is the
+ * stat file just read for the same tid. A held schedstat fd is bound to the same task as
+ * its stat fd (both were opened while that task lived, and an entry whose stat fd answers
+ * ESRCH is dropped with both). One opened by path right after the stat read could only be
+ * another task's if the stat's task died and a new task took its tid within those
+ * microseconds (the pid space wrapping, or a root writing ns_last_pid): the record then
+ * carries that new task's clocks, microseconds old. A thread gone meanwhile, or a refused
+ * file, leaves both clocks 0 (such a record adds nothing to a tracker); other errors are
+ * returned. */
 static int read_clocks(struct cg_scanner *sc, int32_t tid, int stat_fd,
                        struct cg_scan_thread *rec)
 {
@@ -427,11 +430,6 @@ static int read_clocks(struct cg_scanner *sc, int32_t tid, int stat_fd,
         if (fd >= 0) {
             n = pread_retry(fd, buf, sizeof buf, 0);
             if (n < 0)
-                err = errno;
-        }
-        if (err == 0) {
-            char check[STAT_PREFIX];
-            if (pread_retry(stat_fd, check, sizeof check, 0) < 0)
                 err = errno;
         }
         if (err != 0) {

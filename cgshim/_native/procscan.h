@@ -88,9 +88,10 @@ int cg_stat_state(const char *buf, size_t len);
  * cumulative clocks from /proc/<pid>/task/<tid>/schedstat (fs/proc/base.c
  * proc_pid_schedstat: se.sum_exec_runtime, sched_info.run_delay), read right after its stat
  * line, through a second fd held beside the stat fd (one more pread per thread; the cache
- * then holds up to two fds per thread, never more than max_fds in all). Both files are of
- * the same task: a schedstat opened by path is followed by one more read of the stat fd,
- * which fails (ESRCH) if that task died meanwhile. 0 and 0 when the clocks could not be
+ * then holds up to two fds per thread, never more than max_fds in all; past that, schedstat
+ * is opened, read and closed). Both files are of the same task, but for a schedstat opened
+ * by path in the microseconds after its task died and a new one took the tid (see
+ * read_clocks in procscan.c). 0 and 0 when the clocks could not be
  * read (the thread exited between the two files, or schedstat was refused); without the
  * flag they read 0. */
 struct cg_scan_thread {
