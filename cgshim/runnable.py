@@ -85,11 +85,12 @@ def calc_load_n(load: int, exp: int, active: int, n: int) -> int:
 
 
 class _CgroupClock:
-    __slots__ = ("run_ns", "wait_ns", "read_ticks", "listed", "pending")
+    __slots__ = ("run_ns", "wait_ns", "read_ticks", "listed", "pending", "sums")
 
     def __init__(self):
         self.run_ns = 0
         self.wait_ns = 0
+        self.sums = None  # (run, wait) sums of the previous account_sums, while it is in use
         self.read_ticks = None  # boot-time clock ticks at the start of the previous read
         self.listed = frozenset()  # tids of the previous read
         self.pending = ()  # tids listed before the previous read but not at it
@@ -148,6 +149,11 @@ class RunnableTracker:
             first = cg is None
             if first:
                 cg = self._cgroups[key] = _CgroupClock()
+            elif cg.sums is not None:
+                # Read by sums until now: the threads' references are stale (that time was
+                # counted from the sums), so this read only sets them.
+                first = True
+                cg.sums = None
             since = cg.read_ticks
             threads = self._threads
             add_run = add_wait = 0
@@ -189,7 +195,24 @@ class RunnableTracker:
                         pending.append(tid)
             cg.pending = pending
             cg.listed = listed
-            cg.read_ticks = now_ticks
+            cg.read_ticks = now_ticks if since is None else max(since, now_ticks)
+            return cg.run_ns, cg.wait_ns
+
+    def account_sums(self, key, run_sum, wait_sum):
+        """Add one read of cgroup ``key`` that gives only the sums of its threads' clocks
+        (the bpf pass): each sum's increase since the previous such read is added, a
+        decrease adds nothing (a thread exited or moved out: the other threads' progress in
+        that interval is lost with it, and a thread that moved in brings its whole history,
+        which the per-thread :meth:`account` would not). The first read of a cgroup, and the
+        first after per-thread reads, only sets the reference. Returns the counters."""
+        with self._lock:
+            cg = self._cgroups.get(key)
+            if cg is None:
+                cg = self._cgroups[key] = _CgroupClock()
+            if cg.sums is not None:
+                cg.run_ns += max(0, run_sum - cg.sums[0])
+                cg.wait_ns += max(0, wait_sum - cg.sums[1])
+            cg.sums = (run_sum, wait_sum)
             return cg.run_ns, cg.wait_ns
 
     def forget(self, key):

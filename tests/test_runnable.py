@@ -302,3 +302,20 @@ def test_a_repeated_tid_in_one_list_counts_once():
     tracker = RunnableTracker()
     tracker.account("a", [(1, 5, 10, 1)], 5)
     assert tracker.account("a", [(1, 5, 30, 4), (1, 5, 30, 4)], 6) == (20, 3)
+
+
+def test_sums_add_increases_only_and_switching_methods_never_counts_twice():
+    """account_sums (the bpf pass's per-cgroup sums): increases are added, a drop (a thread
+    left) adds nothing; switching between per-thread reads and sums re-bases instead of
+    counting an interval twice."""
+    tracker = RunnableTracker()
+    assert tracker.account_sums("a", 100, 10) == (0, 0)
+    assert tracker.account_sums("a", 150, 30) == (50, 20)
+    assert tracker.account_sums("a", 40, 5) == (50, 20)  # a thread with 120/30 exited
+    assert tracker.account_sums("a", 70, 6) == (80, 21)
+    # per-thread reads now: the first only sets the threads' references
+    assert tracker.account("a", [(1, 5, 50, 3), (2, 5, 20, 3)], 10) == (80, 21)
+    assert tracker.account("a", [(1, 5, 60, 4), (2, 5, 20, 3)], 11) == (90, 22)
+    # and back to sums: re-based again
+    assert tracker.account_sums("a", 500, 50) == (90, 22)
+    assert tracker.account_sums("a", 510, 51) == (100, 23)
