@@ -362,6 +362,7 @@ def case_scan(ctx):
 
 SWEEP_V1 = "Reader.sweep v1 (netlink)"
 SWEEP_V2 = "Reader.sweep v2 (scan), own process"
+EXACT_V2 = "Reader.sweep v2 (scan) + exact load, own process"
 LOOP_V1 = "cpu_load per cgroup v1, one Reader"
 LOOP_V2 = "cpu_load per cgroup v2, one Reader"
 F_SWEEP_V1 = "floor: CGROUPSTATS x cgroups"
@@ -440,9 +441,16 @@ def case_sweep(ctx):
                                ctx.open(os.path.join(c, "cpu.pressure")),
                                _stat_fds(ctx, _tids(c))))
         served = Served({"kind": "sweep", "roots": [top2]})
+        exact = None
         try:
-            with Reader() as reader, reference.TaskstatsSocket() as ref:
+            # the same sweep reading each thread's schedstat clocks too (issue 12)
+            exact = Served({"kind": "sweep", "roots": [top2], "runnable": True})
+            with Reader(runnable=False) as reader, reference.TaskstatsSocket() as ref:
                 _check_served(served, ncg, per, ctx)
+                _check_served(exact, ncg, per, ctx)
+                if exact.info["runnable"] != ncg + 1:
+                    raise CaseError(f"the exact-load sweep gave runnable_seconds for "
+                                    f"{exact.info['runnable']} of {ncg + 1} cgroups")
                 for c in v2s:
                     _expect(reader.cpu_load(c), "scan", nr_running=0, nr_sleeping=per)
                 for c in v1s:
@@ -466,6 +474,7 @@ def case_sweep(ctx):
                 ctx.group(f"4. node sweep {size}", size, {
                     SWEEP_V1: timed(reader.sweep, [top1]),
                     SWEEP_V2: served,
+                    EXACT_V2: exact,
                     LOOP_V1: timed(sweep, v1s),
                     LOOP_V2: timed(sweep, v2s),
                     F_SWEEP_V1: f.cgroupstats(dirfds),
@@ -475,6 +484,7 @@ def case_sweep(ctx):
                 }, [
                     (SWEEP_V1, "case", F_SWEEP_V1, P_SWEEP_V1),
                     (SWEEP_V2, "case", F_SWEEP_V2, P_SWEEP_V2),
+                    (EXACT_V2, "case", SWEEP_V2, ""),
                     (LOOP_V1, "case", F_SWEEP_V1, ""),
                     (LOOP_V2, "case", F_SWEEP_V2, ""),
                     (F_SWEEP_V1, "floor", "", ""),
@@ -484,6 +494,8 @@ def case_sweep(ctx):
                 ], threads=ncg * per)
         finally:
             served.close()
+            if exact is not None:
+                exact.close()
         ctx.close_fds()
         resources(ctx, v1s, v2s, top2)
 

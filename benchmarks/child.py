@@ -12,8 +12,9 @@ calls, and their least and greatest value sampled 50 times during the calls.
 by line over stdin/stdout so that the parent interleaves it with its other loops (a loop
 of the group like any other). The first line sets it up, as JSON:
 
-- ``{"kind": "sweep", "roots": [...], "wall": false}``: one Reader sweeping ``roots``
-  (warmed up by three sweeps); answers ``{"ready": ..., "cgroups", "threads", "warnings",
+- ``{"kind": "sweep", "roots": [...], "wall": false, "runnable": false}``: one Reader
+  sweeping ``roots`` (warmed up by three sweeps), with exact load (schedstat clocks) if
+  ``runnable`` is true (default false: the bare scan, as the floor reads); answers ``{"ready": ..., "cgroups", "threads", "warnings",
   "errors"}``.
 - ``{"kind": "scan_floor", "cgroups": [...], "wall": false}``: benchmarks/floor.c's scan
   floor over those cgroup2 cgroups with every stat fd held.
@@ -86,7 +87,7 @@ def _serve_sweep(spec):
     from cgshim.reader import Reader
 
     clock = time.perf_counter_ns if spec.get("wall") else time.thread_time_ns
-    reader = Reader()
+    reader = Reader(runnable=bool(spec.get("runnable", False)))
     roots = spec["roots"]
     for _ in range(3):
         swept = reader.sweep(roots)
@@ -94,6 +95,7 @@ def _serve_sweep(spec):
             "warnings": list(swept.warnings),
             "sources": sorted({r.source for r in swept.values()}),
             "sleeping": sum(r.nr_sleeping or 0 for r in swept.values()),
+            "runnable": sum(r.runnable_seconds is not None for r in swept.values()),
             "running": sum(r.nr_running or 0 for r in swept.values())}
 
     def loop(n):

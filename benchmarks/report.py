@@ -147,6 +147,13 @@ def targets(results, plan):
             continue
         add(text, x <= 1.3, f"{x:.2f}x ({_us(R.row(sec, name).median_ns)} us vs "
             f"{_us(R.row(sec, floor).median_ns)} us per sweep){note}")
+    text = "exact load (schedstat clocks) adds <= 1.6x to a v2 scan sweep of 200x50"
+    x = R.ratio(sec, c.EXACT_V2, c.SWEEP_V2)
+    if x is None:
+        add(text, None, "case did not run")
+    else:
+        add(text, x <= 1.6, f"{x:.2f}x ({_us(R.row(sec, c.EXACT_V2).median_ns)} us vs "
+            f"{_us(R.row(sec, c.SWEEP_V2).median_ns)} us per sweep){note}")
     if plan.big:
         ncg, per = plan.big
         sec = f"5. node sweep {ncg}x{per}"
