@@ -484,3 +484,39 @@ def test_k8s_labels_of_pod_and_container_cgroups(testbed, tmp_path, root):
     assert 'container_tasks_state{container="",container_id="%s",id="/%s",image="",name="",' \
            'namespace="",pod="",pod_uid="%s",qos="burstable",state="sleeping"} 2.0' \
            % (cid, name, uid) in text
+
+
+@pytest.mark.kernel
+def test_exact_load_series(testbed, start_exporter):
+    """A v2 cgroup with one always-busy thread: cgshim_container_cpu_runnable_seconds_total
+    grows by about the time between two scrapes' samples (it is runnable all the time),
+    runqueue_seconds_total never more than that, load1/5/15 are served, all with the label
+    set of container_cpu_load_average_10s; a v1 cgroup read by netlink has none of them."""
+    v2 = testbed.cgroup(2)
+    w = testbed.spawn(busy=True, cgroups=(v2,))
+    v1 = testbed.cgroup(1)
+    testbed.spawn(pipe=1, cgroups=(v1,))
+    exp = start_exporter([v2, v1])
+    i2, i1 = cg_id(v2, testbed.root(2)), cg_id(v1, testbed.root(1))
+    name = "cgshim_container_cpu_runnable_seconds_total"
+    first = exp.wait_for(lambda s: series(s, name, i2), "the exact-load series")
+    t_first = time.monotonic()
+    # load1 starts at 0, as the kernel's at boot, and takes its first 5 s step (LOAD_FREQ)
+    second = exp.wait_for(lambda s: (series(s, "cgshim_container_load1", i2) or [0])[0] > 0,
+                          "load1 above 0 after its first step", timeout=30)
+    elapsed = time.monotonic() - t_first
+    gained = series(second, name, i2)[0] - series(first, name, i2)[0]
+    # one thread runnable all the time; the samples lag the scrapes by up to an interval
+    assert 0.8 * elapsed - 2 * INTERVAL <= gained <= elapsed + 2 * INTERVAL, (gained, elapsed)
+    waited = (series(second, "cgshim_container_cpu_runqueue_seconds_total", i2)[0]
+              - series(first, "cgshim_container_cpu_runqueue_seconds_total", i2)[0])
+    assert 0 <= waited <= gained
+    labels = {tuple(sorted(lab.items())) for lab, _ in second["container_cpu_load_average_10s"]
+              if lab["id"] == i2}
+    for family in (name, "cgshim_container_cpu_runqueue_seconds_total", "cgshim_container_load1",
+                   "cgshim_container_load5", "cgshim_container_load15"):
+        got = {tuple(sorted(lab.items())) for lab, _ in second[family] if lab["id"] == i2}
+        assert got == labels, family
+        assert not series(second, family, i1), family  # netlink: no thread clocks
+    assert 0 < series(second, "cgshim_container_load1", i2)[0] <= 2
+    assert w.tids
