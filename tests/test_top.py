@@ -141,6 +141,15 @@ def test_plain_lines_when_not_a_terminal(busy_pair):
         assert by_backend["netlink"]["CGROUP"] == cgroup_name(v1)
         assert by_backend["scan"]["CGROUP"] == cgroup_name(v2)
         assert by_backend["scan"]["SLEEP"] == "1"
+        assert by_backend["netlink"]["EXACT"] == "-"  # CGROUPSTATS has no thread clocks
+    # EXACT needs two refreshes: the spinner was runnable all the time between them
+    exact = dict(zip(tables[1].splitlines()[1].split(),
+                     [l for l in tables[1].splitlines()[2:] if "scan" in l][0].split()))["EXACT"]
+    assert dict(zip(tables[0].splitlines()[1].split(),
+                    [l for l in tables[0].splitlines()[2:] if "scan" in l][0].split()))["EXACT"] == "-"
+    # (a wait in progress at either refresh shifts up to a scheduler wait, tens of ms on a
+    # busy machine, across the 0.2 s between them)
+    assert 0.5 <= float(exact) <= 1.5, exact
 
 
 @pytest.mark.kernel
@@ -159,6 +168,8 @@ def test_json_lines_and_descendants(testbed):
         own, kid = doc["cgroups"]
         assert (own["running"], kid["running"]) == (0, 1)  # own tasks only, as the kernel counts
         assert kid["load"] == 1.0 and kid["source"] == "scan" and kid["path"] == child
+    assert docs[0]["cgroups"][1]["exact"] is None
+    assert 0.5 <= docs[1]["cgroups"][1]["exact"] <= 1.5  # one thread runnable all the time
 
 
 @pytest.mark.kernel
