@@ -478,8 +478,10 @@ class _Scan(_Backend):
         listed, with room to grow), within RLIMIT_NOFILE less the fds the rest of the
         process holds and ``reserve`` more for what it may open; raise the soft limit to the hard one first if that is needed and
         allowed (as node agents do). Returns a warning if the cache cannot hold them."""
+        files = "stat"
         if self.reader._runnable is not None:
             threads *= 2  # each thread's stat and schedstat files (exact load)
+            files = "stat and schedstat"
         want = threads + threads // 4 + 64
         if want <= self.scanner.max_fds:
             return None
@@ -500,9 +502,11 @@ class _Scan(_Backend):
         warning = None
         if self.scanner.max_fds < threads:
             warning = (f"the scanner's fd cache holds {self.scanner.max_fds} of the node's "
-                       f"{threads} threads (RLIMIT_NOFILE soft {soft}, hard {hard}): the other "
-                       f"stat files are opened and closed on every sweep; raise the hard limit "
-                       f"(ulimit -n, LimitNOFILE=, or the container runtime's nofile)")
+                       f"{threads} {files} files (RLIMIT_NOFILE soft {soft}, hard {hard}): the "
+                       f"others are opened and closed on every sweep; raise the hard limit "
+                       f"(ulimit -n, LimitNOFILE=, or the container runtime's nofile)"
+                       + ("; or Reader(runnable=False) for one file per thread"
+                          if self.reader._runnable is not None else ""))
         self._fitted = (threads, warning)
         return warning
 
