@@ -240,3 +240,27 @@ def test_sweep_and_cpu_load_share_the_counters_and_other_sources_have_none(testb
     with cgshim.Reader(backends=("psi",)) as reader:
         load = reader.cpu_load(cg)
         assert load.source == "psi" and load.runnable_seconds is None
+
+
+def test_an_exited_threads_last_interval_is_what_is_lost(testbed, clocks):
+    """Measured, as documented: a thread that exits between two readings takes the clocks it
+    gathered since the previous reading with it; nothing else is lost and nothing goes down."""
+    cg = testbed.cgroup(2)
+    w = testbed.spawn(busy=True, cgroups=(cg,))
+    clocks.read(cg)
+    time.sleep(0.2)
+    _, r1, _ = clocks.read(cg)
+    at_r1 = read_thread(w.pid)
+    time.sleep(0.2)
+    last = read_thread(w.pid)  # just before it dies
+    w.kill()
+    testbed.workers.remove(w)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{w.pid}") and time.monotonic() < deadline:
+        time.sleep(0.005)
+    _, r2, _ = clocks.read(cg)
+    lost = (last.run_ns + last.wait_ns - at_r1.run_ns - at_r1.wait_ns) / 1e9
+    print(f"\nexited thread: counter +{r2 - r1:.4f} s after its exit, its last interval "
+          f"{lost:.3f} s lost")
+    assert r2 == r1
+    assert lost >= 0.15  # ~0.2 s of a spinner's runnable time went with it
