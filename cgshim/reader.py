@@ -977,6 +977,12 @@ class Reader:
             key = target.clock_key = (st.st_dev, st.st_ino)
         target.clocks = self._runnable.account(key, clocks, ticks)
 
+    def _account_sums(self, target, key, run_sum, wait_sum):
+        """As :meth:`_account` for a backend that gives only the sums of a cgroup's threads'
+        clocks (the bpf pass): see RunnableTracker.account_sums for what that loses."""
+        target.clock_key = key
+        target.clocks = self._runnable.account_sums(key, run_sum, wait_sum)
+
     def _forget_clocks(self, target):
         key = target.clock_key
         if key is None or self._runnable is None:
