@@ -57,3 +57,50 @@ def test_rendered_once_per_tick(testbed):
         assert cgroup_lines(scrape(app, gzipped=True)) == cgroup_lines(third)
     finally:
         exp.stop()
+
+
+class _Families:
+    def __init__(self, families):
+        self._families = families
+
+    def collect(self):
+        return self._families
+
+
+def test_text_is_generate_latest_byte_for_byte():
+    """The exporter's own text writer against prometheus_client's, on awkward values."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    def families():
+        g = GaugeMetricFamily("container_x", 'help with \\ and "quotes"\nand a newline',
+                              labels=("id", "pod", "a_first"))
+        for i, value in enumerate(["/plain", 'q"uote', "back\\slash", "new\nline", "ünï", ""]):
+            g.add_metric([value, f"p{i}", "z"], [0.0, 1.5, 1e21, float("inf"), -float("inf"),
+                                                  float("nan")][i])
+        c = CounterMetricFamily("cgshim_y", "a counter", labels=("error",))
+        c.add_metric(["CgroupNotFound"], 3)
+        n = GaugeMetricFamily("cgshim_cgroups", "no labels", value=7)
+        empty = GaugeMetricFamily("container_empty", "no samples", labels=("id",))
+        return [g, c, n, empty]
+
+    registry = CollectorRegistry()
+    registry.register(_Families(families()))
+    assert exporter_mod._text(families()) == generate_latest(registry)
+
+
+def test_text_of_a_real_exporter_is_generate_latest(testbed):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    cg = testbed.cgroup(2)
+    testbed.cgroup(2, parent=cg)
+    testbed.spawn(pipe=1, cgroups=[cg])
+    exp = exporter_mod.Exporter([cg], 1.0)
+    try:
+        exp.sample_once()
+        exp.sample_once()
+        registry = CollectorRegistry()
+        registry.register(_Families(list(exp._families())))
+        assert exporter_mod._text(exp._families()) == generate_latest(registry)
+    finally:
+        exp.stop()
