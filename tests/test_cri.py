@@ -217,38 +217,23 @@ def test_identity_of_pods_and_containers(runtime):
 
 
 class Served:
-    """``python -m cgshim serve --runtime-endpoint ...`` on 127.0.0.1 and a free port."""
+    """``python -m cgshim serve --runtime-endpoint ...`` (tests/support/served.py) with a
+    scrape parsed into samples and polling on it."""
 
     INTERVAL = 0.5
 
     def __init__(self, root, endpoint, resync=1.0):
-        import selectors
-        import subprocess
-        import sys
+        from tests.support.served import Served as ServedCli
 
-        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        cmd = [sys.executable, "-m", "cgshim", "serve", "--listen", "127.0.0.1:0",
-               "--interval", str(self.INTERVAL), "--root", root, "--runtime-endpoint", endpoint,
-               "--runtime-resync", str(resync)]
-        env = dict(os.environ, PYTHONPATH=repo, PYTHONDONTWRITEBYTECODE="1")
-        self.proc = subprocess.Popen(cmd, cwd=repo, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        buf, deadline = b"", time.monotonic() + 60
+        self.cli = ServedCli([root], "--runtime-endpoint", endpoint, "--runtime-resync",
+                             str(resync), interval=self.INTERVAL)
         try:
-            with selectors.DefaultSelector() as sel:
-                sel.register(self.proc.stderr, selectors.EVENT_READ)
-                while b"\n" not in buf:
-                    left = deadline - time.monotonic()
-                    assert left > 0 and sel.select(left), f"serve did not start: {buf!r}"
-                    chunk = os.read(self.proc.stderr.fileno(), 4096)
-                    assert chunk, f"serve exited ({self.proc.wait(5)}): {buf!r}"
-                    buf += chunk
-            line = buf.split(b"\n")[0].decode()
+            line = next(x for x in self.cli.lines() if "serving " in x)
             assert "read-only CRI calls" in line, line
-            self.port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
         except BaseException:
-            self.close()
+            self.cli.close()
             raise
+        self.port = self.cli.port
 
     def request(self, path):
         import http.client
@@ -280,17 +265,7 @@ class Served:
             time.sleep(self.INTERVAL / 2)
 
     def close(self):
-        import subprocess
-
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc.stderr.close()
-        return self.proc.returncode
+        return self.cli.close()
 
 
 def query(samples, metric, **match):
