@@ -714,7 +714,11 @@ class Reader:
         Raises CgroupNotFound, NotACgroup, PermissionDenied (a CgshimError each).
         """
         for _ in range(2):
-            target = self._target(path)
+            target = self._targets.get(path)  # the hit path of _target, inline
+            if target is None:
+                target = self._target(path)
+            else:
+                target.used = True
             with target.lock:
                 if target.closed:
                     continue  # evicted or forgotten by another thread meanwhile: resolve again
@@ -743,7 +747,12 @@ class Reader:
         clocks = None if recursive else target.clocks
         if recursive and counts is not None:
             counts, reason = self._add_descendants(target, counts, backend, reason)
-        pressure = self._pressure(target) if self._use_pressure else None
+        if not self._use_pressure or (target.psi_fd is None and target.psi_checked is not None
+                                      and time.monotonic() - target.psi_checked
+                                      < self.PRESSURE_RECHECK):
+            pressure = None  # no cpu.pressure looked for lately (a v1 cgroup without twin)
+        else:
+            pressure = self._pressure(target)
         resolved = target.resolved
         if counts is None:
             if pressure is None:
@@ -911,7 +920,12 @@ class Reader:
     def _sweep_reading(self, target, counts, backend, reason, recursive=False):
         """The CpuLoad of one swept cgroup (as :meth:`_read` builds it)."""
         clocks = None if recursive else target.clocks
-        pressure = self._pressure(target) if self._use_pressure else None
+        if not self._use_pressure or (target.psi_fd is None and target.psi_checked is not None
+                                      and time.monotonic() - target.psi_checked
+                                      < self.PRESSURE_RECHECK):
+            pressure = None  # as _read: no cpu.pressure looked for lately
+        else:
+            pressure = self._pressure(target)
         resolved = target.resolved
         if counts is None:
             if pressure is None:
@@ -1287,4 +1301,7 @@ def get_cpu_load(path, *, recursive=False):
 
     See :meth:`Reader.cpu_load`; this uses one shared module-level Reader.
     """
-    return default_reader().cpu_load(path, recursive=recursive)
+    reader = _default
+    if reader is None:
+        reader = default_reader()
+    return reader.cpu_load(path, recursive=recursive)

@@ -159,6 +159,7 @@ class TaskstatsSocket:
         self._reply = self._ffi.new("struct cg_nl_taskstats_reply *")
         self._stats = self._ffi.new("uint8_t[]", _STATS_CAP)
         self._taskstats_call = self._c.cg_nl_taskstats
+        self._cgroupstats_call = self._c.cg_nl_cgroupstats
 
     # -- lifetime ---------------------------------------------------------------------
     def close(self):
@@ -231,7 +232,8 @@ class TaskstatsSocket:
     def cgroupstats(self, dir_fd: int) -> TaskCounts:
         """Task counts of the v1 cgroup whose directory ``dir_fd`` is open (its own tasks,
         not descendants; see KERNEL-NOTES for what the kernel counts)."""
-        dir_fd = int(dir_fd)
+        if dir_fd.__class__ is not int:
+            dir_fd = int(dir_fd)
         if dir_fd < 0 or dir_fd > 0x7FFFFFFF:
             raise NetlinkError(errno.EBADF, f"cgroupstats: {dir_fd} is not a file descriptor")
         cs = self._cs
@@ -242,7 +244,7 @@ class TaskstatsSocket:
                 self._check_open()
                 family = self._family_locked()
             seq = self._seq = (self._seq + 1) & 0xFFFFFFFF
-            rc = self._c.cg_nl_cgroupstats(self._fd, family, seq, dir_fd, cs)
+            rc = self._cgroupstats_call(self._fd, family, seq, dir_fd, cs)
             if rc == errno.ENOENT:  # maybe a stale family id: look it up again, as _request
                 self._family = None
                 if self._family_locked() != family:
