@@ -43,7 +43,11 @@ def assert_clean_failure(proc, code):
 
 _name = st.text(alphabet=st.characters(blacklist_characters="/\n\0", blacklist_categories=("Cs",)),
                 min_size=1, max_size=12).filter(lambda s: s not in (".", ".."))
-_path = st.lists(_name, max_size=4).map(lambda parts: "/" + "/".join(parts))
+# A live cgroup's path that itself ends in " (deleted)" reads exactly like a removed cgroup's
+# (proc_cgroup_show() in kernel/cgroup/cgroup.c appends the suffix with no escaping): the
+# format cannot tell them apart, so the round trip leaves such names out.
+_path = st.lists(_name, max_size=4).map(lambda parts: "/" + "/".join(parts)).filter(
+    lambda p: not p.endswith(" (deleted)"))
 _ctrls = st.lists(st.sampled_from(["cpu", "cpuacct", "memory", "pids", "name=systemd", "net_cls"]),
                   unique=True, max_size=3)
 

@@ -78,7 +78,11 @@ class ProcCgroup:
 
 
 def parse_proc_cgroup(text: str) -> list[ProcCgroup]:
-    """Parse the text of /proc/<pid>/cgroup; a malformed line raises ParseError."""
+    """Parse the text of /proc/<pid>/cgroup; a malformed line raises ParseError.
+
+    A trailing " (deleted)" marks a removed cgroup (proc_cgroup_show() in
+    kernel/cgroup/cgroup.c); a live cgroup whose name ends so is indistinguishable.
+    """
     from cgshim.errors import ParseError
 
     out = []
