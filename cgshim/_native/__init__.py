@@ -1,6 +1,7 @@
-"""cgshim's C core: ``_netlink`` (netlink.c) and ``_procscan`` (procscan.c), built by cffi.
+"""cgshim's C core: ``_netlink`` (netlink.c), ``_procscan`` (procscan.c) and ``_bpf``
+(bpf.c, linked with libbpf; built only where libbpf is), built by cffi.
 
-``netlink`` and ``procscan`` are the loaded cffi modules (with ``.ffi`` and ``.lib``), or
+``netlink``, ``procscan`` and ``bpf`` are the loaded cffi modules (with ``.ffi`` and ``.lib``), or
 None when that extension is not built or cannot load; ``load_errors`` then says why, and
 callers fall back to the pure-Python paths.
 """
@@ -19,3 +20,4 @@ def _load(name):
 
 netlink = _load("netlink")
 procscan = _load("procscan")
+bpf = _load("bpf")
