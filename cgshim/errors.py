@@ -92,6 +92,37 @@ class ConfigError(CgshimError):
     ``--web.config.file``); the message names the file and the key."""
 
 
+class BpfError(CgshimError):
+    """The BPF backend failed; ``errno`` is the kernel's (or libbpf's) errno.
+
+    E.g. EPERM loading without CAP_BPF and CAP_PERFMON (or bpf() refused by seccomp),
+    EOPNOTSUPP when a per-cgroup pass did not fit one read.
+    """
+
+    def __init__(self, errno, message=None):
+        self.errno = errno
+        if message is None:
+            message = os.strerror(errno)
+        super().__init__(f"[errno {errno} {_errno.errorcode.get(errno, '?')}] {message}")
+
+
+class MalformedPass(BpfError, ParseError):
+    """The bytes of a BPF pass are not what cgshim's program writes (truncated, a size
+    that lies, an unknown record, no END): errno EBADMSG."""
+
+    def __init__(self, message="malformed BPF pass"):
+        BpfError.__init__(self, _errno.EBADMSG, message)
+
+
+class PassFormatMismatch(BpfError):
+    """The pass comes from a program of another record format (e.g. a pin made by an
+    older or newer cgshim): nothing of it is used. Re-pin with this cgshim
+    (``python -m cgshim bpf pin``). errno EPROTO."""
+
+    def __init__(self, message="BPF pass of another format"):
+        BpfError.__init__(self, _errno.EPROTO, message)
+
+
 # ----------------------------------------------------------------------- the errno map
 
 #: The one errno map: errno -> (error type, what it means), for an OSError met on a kernel
