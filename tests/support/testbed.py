@@ -15,13 +15,24 @@ Thread kinds a worker can hold (kernel >= 6.1 task states in brackets):
   cgroupstats counts it nowhere).
 - ``nanosleep``: blocked in clock_nanosleep (TASK_INTERRUPTIBLE|TASK_FREEZABLE, as futex).
 
+- ``vfork``: clone(CLONE_VM|CLONE_VFORK) of a child that sleeps: the thread waits in D
+  (wait_for_vfork_done(), TASK_UNINTERRUPTIBLE|TASK_KILLABLE; cgroupstats counts it
+  nowhere) until the child exits. The child is a process of its own ("vfork-child", S),
+  moved into the worker's cgroups with it and killed with it.
+- ``zombie``: the thread forks a child that exits at once and is never reaped ("zombie",
+  Z; cgroup_exit() took it out of every cgroup before it became a zombie), then sleeps in
+  a pipe read (S).
+
 A worker that is not busy keeps its main thread in a pipe read (S, counted).
-``Worker.stop()`` sends SIGSTOP: every thread goes to T.
+``Worker.stop()`` sends SIGSTOP: every thread goes to T (a vfork waiter stays in D: its
+wait is killable, not stoppable). ``Worker.ptrace_stop(tid)`` seizes one thread with ptrace
+and interrupts it: that thread goes to t, the others run on.
 
 :meth:`Testbed.periodic` starts a :class:`PeriodicWorker` instead: one thread busy by wall
 clock for a fraction of every period, which records its own runnable intervals (the designed
 workloads of the exact-load tests).
 """
+import ctypes
 import errno
 import itertools
 import json
@@ -33,6 +44,7 @@ import time
 import uuid
 
 SLEEPER_KINDS = ("pipe", "poll", "futex", "nanosleep")
+THREAD_KINDS = SLEEPER_KINDS + ("vfork", "zombie")
 
 _WORKER = r"""
 import json, os, select, sys, threading, time
@@ -40,11 +52,32 @@ spec = json.loads(sys.argv[1])
 threading.stack_size(64 * 1024)
 r, w = os.pipe()
 started = []
+extra = []
 lock = threading.Lock()
+def vfork_sleeper():
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    stack = ctypes.create_string_buffer(256 * 1024)
+    top = (ctypes.addressof(stack) + len(stack) - 64) & ~15
+    libc.clone.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    # the child runs libc's sleep(arg) on its own stack, never Python code
+    libc.clone(ctypes.cast(libc.sleep, ctypes.c_void_p), top, 0x100 | 0x4000 | 17,
+               ctypes.c_void_p(10**6))
+    os.read(r, 1)
 def run(kind):
+    tid = threading.get_native_id()
+    if kind == "zombie":
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        with lock:
+            extra.append(["zombie", pid])
+        kind = "pipe"
     with lock:
-        started.append([kind, threading.get_native_id()])
-    if kind == "pipe":
+        started.append([kind, tid])
+    if kind == "vfork":
+        vfork_sleeper()
+    elif kind == "pipe":
         os.read(r, 1)
     elif kind == "poll":
         p = select.poll(); p.register(r, select.POLLIN); p.poll()
@@ -61,8 +94,18 @@ while True:
         if len(started) == want:
             break
     time.sleep(0.001)
+for kind, tid in started:
+    if kind == "vfork":
+        while True:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                kids = f.read().split()
+            if kids:
+                extra.append(["vfork-child", int(kids[0])])
+                break
+            time.sleep(0.001)
 main = "busy" if spec["busy"] else "pipe"
-sys.stdout.write(json.dumps({"main": [main, threading.get_native_id()], "threads": started}) + "\n")
+sys.stdout.write(json.dumps({"main": [main, threading.get_native_id()], "threads": started,
+                             "extra": extra}) + "\n")
 sys.stdout.flush()
 if spec["busy"]:
     while True:
@@ -110,9 +153,21 @@ sys.stdout.flush()
 """
 
 # The /proc state letter each kind settles in (field 3 of /proc/<pid>/task/<tid>/stat).
-_EXPECTED = {"busy": "R", "pipe": "S", "poll": "S", "futex": "S", "nanosleep": "S"}
+_EXPECTED = {"busy": "R", "pipe": "S", "poll": "S", "futex": "S", "nanosleep": "S",
+             "vfork": "D", "vfork-child": "S", "zombie": "Z"}
+# Kinds a SIGSTOP of the worker leaves as they are: a killable D wait, other processes.
+_NOT_STOPPED = ("vfork", "vfork-child", "zombie")
+PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207
+_WALL = 0x40000000
 
 _counter = itertools.count()
+
+
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    libc.ptrace.restype = ctypes.c_long
+    return libc
 
 
 class TestbedError(RuntimeError):
@@ -136,6 +191,8 @@ class Worker:
         self.pid = proc.pid
         self.roles = roles
         self.stopped = False
+        self.traced = set()   # tids seized by ptrace_stop()
+        self.extra_pids = []  # processes of its own the worker started (vfork children)
 
     @property
     def tids(self):
@@ -143,9 +200,12 @@ class Worker:
 
     def expected_states(self):
         """tid -> the /proc state letter this worker's threads should be in."""
+        want = {tid: _EXPECTED[kind] for tid, kind in self.roles.items()}
         if self.stopped:
-            return {tid: "T" for tid in self.roles}
-        return {tid: _EXPECTED[kind] for tid, kind in self.roles.items()}
+            want = {tid: s if self.roles[tid] in _NOT_STOPPED else "T" for tid, s in want.items()}
+        for tid in self.traced:
+            want[tid] = "t"
+        return want
 
     def count(self, kind):
         return sum(1 for k in self.roles.values() if k == kind)
@@ -172,7 +232,31 @@ class Worker:
         self.stopped = False
         self.wait_settled()
 
+    def ptrace_stop(self, tid):
+        """Seize thread ``tid`` with ptrace and interrupt it: it waits in a ptrace stop
+        (/proc: t) while the worker's other threads go on. The calling thread is the tracer
+        and must be the one that later kills the worker (ptrace is per tracer thread)."""
+        if self.roles.get(tid) in _NOT_STOPPED:
+            raise TestbedError(f"{tid} is not a thread of worker {self.pid}")
+        libc = _libc()
+        if libc.ptrace(PTRACE_SEIZE, tid, None, None) != 0:
+            raise TestbedError(f"PTRACE_SEIZE {tid}: {os.strerror(ctypes.get_errno())}")
+        self.traced.add(tid)
+        if libc.ptrace(PTRACE_INTERRUPT, tid, None, None) != 0:
+            raise TestbedError(f"PTRACE_INTERRUPT {tid}: {os.strerror(ctypes.get_errno())}")
+        os.waitpid(tid, _WALL)
+        self.wait_settled()
+
     def kill(self):
+        libc = _libc() if self.traced else None
+        for tid in sorted(self.traced):
+            libc.ptrace(PTRACE_DETACH, tid, None, None)  # else the leader could not be reaped
+        self.traced.clear()
+        for pid in self.extra_pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if self.proc.poll() is None:
             try:
                 os.kill(self.pid, signal.SIGKILL)
@@ -234,9 +318,9 @@ class Testbed:
     def spawn(self, *, busy=False, cgroups=(), settle=True, **threads):
         """Start a worker with ``busy`` main thread and N threads per kind (pipe=2, futex=3, ...),
         move it into each of ``cgroups`` and wait until its threads settle in their states."""
-        unknown = set(threads) - set(SLEEPER_KINDS)
+        unknown = set(threads) - set(THREAD_KINDS)
         if unknown:
-            raise TestbedError(f"unknown thread kinds {sorted(unknown)}; known: {SLEEPER_KINDS}")
+            raise TestbedError(f"unknown thread kinds {sorted(unknown)}; known: {THREAD_KINDS}")
         spec = {"busy": bool(busy), "threads": {k: int(n) for k, n in threads.items() if n}}
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-c", _WORKER, json.dumps(spec)],
@@ -248,7 +332,8 @@ class Testbed:
         if not line:
             raise TestbedError(f"worker {proc.pid} died before reporting its threads")
         report = json.loads(line)
-        worker.roles = {tid: kind for kind, tid in [report["main"]] + report["threads"]}
+        worker.roles = {tid: kind for kind, tid in [report["main"]] + report["threads"] + report["extra"]}
+        worker.extra_pids = [pid for kind, pid in report["extra"] if kind == "vfork-child"]
         for cg in cgroups:
             self.move(worker, cg)
         if settle:
@@ -259,8 +344,9 @@ class Testbed:
         """Move all of a worker's threads into a cgroup this test bed made."""
         if cgroup not in self._cgroups:
             raise TestbedError(f"{cgroup} was not created by this test bed")
-        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-            f.write(str(worker.pid))
+        for pid in [worker.pid, *getattr(worker, "extra_pids", ())]:
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
 
     def periodic(self, duty, period, *, cgroup, phase=0.0, seconds=10.0):
         """Start a :class:`PeriodicWorker` (busy ``duty`` of every ``period`` s, its schedule
