@@ -90,13 +90,13 @@ def libbpf_missing():
     return None
 
 
-def compile_bpf_object(dest_dir):
-    """Compile bpf/cgshim.bpf.c to ``dest_dir``/cgshim.bpf.o with clang -target bpf (CO-RE:
+def compile_bpf_object(dest_dir, *, name=BPF_OBJECT, defines=()):
+    """Compile bpf/cgshim.bpf.c to ``dest_dir``/``name`` with clang -target bpf (CO-RE:
     the program's kernel structs carry preserve_access_index, so no vmlinux.h or BTF of the
     build machine is needed). Returns None, or why no object was built; a stale object is
     removed first, so a failed build never leaves an old program behind."""
     os.makedirs(dest_dir, exist_ok=True)
-    out = os.path.join(dest_dir, BPF_OBJECT)
+    out = os.path.join(dest_dir, name)
     if os.path.exists(out):
         os.unlink(out)
     clang = os.environ.get("CGSHIM_CLANG") or shutil.which("clang")
@@ -105,7 +105,7 @@ def compile_bpf_object(dest_dir):
     arch = {"x86_64": "x86", "aarch64": "arm64", "ppc64le": "powerpc", "s390x": "s390",
             "riscv64": "riscv"}.get(os.uname().machine, os.uname().machine)
     multiarch = sysconfig.get_config_var("MULTIARCH")
-    cmd = [clang, "-g", "-O2", "-target", "bpf", f"-D__TARGET_ARCH_{arch}",
+    cmd = [clang, "-g", "-O2", "-target", "bpf", f"-D__TARGET_ARCH_{arch}", *defines,
            "-I", os.path.join(HERE, "bpf")]
     if multiarch:  # <asm/types.h> lives under the multiarch include dir on Debian
         cmd += ["-I", f"/usr/include/{multiarch}"]

@@ -8,6 +8,8 @@ Subcommands::
     cgshim top [--interval S] [--root PATH]... [--sort KEY] [--once | --iterations N] [--json]
                [--runtime-endpoint EP]
     cgshim serve [--listen HOST:PORT] [--interval S] [--root PATH]... [--runtime-endpoint EP]
+    cgshim bpf pin [--dir DIR] [--cgroup-root DIR] [--no-mount] [--json]
+    cgshim bpf unpin [--dir DIR] [--json]
 
 Exit status: 0 success; 1 a reading failed (a cgshim error; for the probe: no load reading
 was produced; for ``load``: at least one path failed, the others are still printed);
@@ -484,6 +486,37 @@ def cmd_serve(args, out):
     return EXIT_OK
 
 
+# ------------------------------------------------------------------------------------- bpf
+
+
+def cmd_bpf(args, out):
+    """Pin cgshim's BPF iterators (needs CAP_BPF + CAP_PERFMON) so that Readers of any uid,
+    without capabilities, read them; or remove the pins."""
+    from cgshim.kernel import bpf
+
+    if args.action == "pin":
+        root = args.cgroup_root
+        if root is None:
+            from cgshim.kernel.mounts import hierarchy
+
+            v2 = hierarchy().v2
+            if v2 is None:
+                raise CgshimError("this host has no cgroup2 mount: nothing for the bpf pass to read")
+            root = v2.mount_point
+        paths = bpf.pin(args.dir, cgroup_root=root, mount=args.mount)
+        result = {"action": "pin", "dir": args.dir, "cgroup_root": root, "pinned": paths}
+    else:
+        result = {"action": "unpin", "dir": args.dir, "removed": bpf.unpin(args.dir)}
+    if args.json:
+        out.write(json.dumps(result, indent=2) + "\n")
+    else:
+        for path in result.get("pinned", result.get("removed", [])):
+            out.write(f"{'pinned' if args.action == 'pin' else 'removed'} {path}\n")
+        if args.action == "unpin" and not result["removed"]:
+            out.write(f"nothing pinned in {args.dir}\n")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------ parser
 
 
@@ -575,6 +608,18 @@ def build_parser():
     sp = add("serve", cmd_serve, "Prometheus exporter of cgroup load (cAdvisor's metric names)",
              json_flag=False)
     exporter.add_arguments(sp)  # one definition of the options, shared with the exporter
+
+    from cgshim.kernel.bpf import DEFAULT_PIN_DIR
+
+    sp = add("bpf", cmd_bpf, "pin or unpin cgshim's BPF iterators (bpf backend for any uid)")
+    sp.add_argument("action", choices=["pin", "unpin"])
+    sp.add_argument("--dir", default=DEFAULT_PIN_DIR,
+                    help=f"directory on a bpffs for the pins (default {DEFAULT_PIN_DIR})")
+    sp.add_argument("--cgroup-root", metavar="DIR",
+                    help="cgroup2 directory the per-cgroup pass starts at (default: the "
+                    "cgroup2 mount point, i.e. every cgroup)")
+    sp.add_argument("--no-mount", dest="mount", action="store_false",
+                    help="do not mount bpffs at /sys/fs/bpf when it is not mounted")
     return p
 
 

@@ -427,11 +427,11 @@ class Source:
 class Loaded:
     """The program loaded and attached in this process by libbpf (bpf.c cg_bpf_load)."""
 
-    def __init__(self, cgroup_root):
+    def __init__(self, cgroup_root, *, obj_path=None):
         mod = getattr(_native, "bpf", None)
         if mod is None:
             raise BpfError(errno.ENOSYS, native_missing())
-        path = object_path()
+        path = obj_path or object_path()
         if path is None:
             raise BpfError(errno.ENOENT, "the BPF object was not built (no clang at build time)")
         self.ffi, self.lib = mod.ffi, mod.lib
@@ -510,7 +510,7 @@ def mount_bpffs(target):
         raise BpfError(errno.EPERM, f"mounting bpffs at {target}: {proc.stderr.strip()}")
 
 
-def pin(pin_dir=DEFAULT_PIN_DIR, *, cgroup_root, mount=True):
+def pin(pin_dir=DEFAULT_PIN_DIR, *, cgroup_root, mount=True, obj_path=None):
     """Load the program and pin its links in ``pin_dir`` (mode 0444 each; the directory
     0755), replacing this format's pins there. When no bpffs holds ``pin_dir`` and it is
     below /sys/fs/bpf, bpffs is mounted there first if ``mount`` is true. The per-cgroup
@@ -529,7 +529,7 @@ def pin(pin_dir=DEFAULT_PIN_DIR, *, cgroup_root, mount=True):
         os.chmod(pin_dir, 0o755)
     except OSError as exc:
         raise BpfError(exc.errno or errno.EIO, f"{pin_dir}: {exc.strerror}") from exc
-    obj = Loaded(cgroup_root)
+    obj = Loaded(cgroup_root, obj_path=obj_path)
     try:
         paths = []
         for mech, name in PIN_NAMES.items():

@@ -8,7 +8,9 @@
  * cgshim) is refused, never misread. Bump CGSHIM_FORMAT on any change here.
  */
 #define CGSHIM_MAGIC 0x50424d4948534743ULL /* "CGSHIMBP" read as a little-endian u64 */
+#ifndef CGSHIM_FORMAT /* tests build an object of another format with -DCGSHIM_FORMAT=N */
 #define CGSHIM_FORMAT 1
+#endif
 
 #define CGSHIM_REC_HEAD 1
 #define CGSHIM_REC_CGROUP 2
