@@ -1,0 +1,436 @@
+"""The bpf backend on the real kernel (issue 11): cgshim's iterators pinned on a private
+bpffs (a fresh bpffs instance mounted on a temp dir: never /sys/fs/bpf), read as root and
+as nobody, against the /proc scan of the same cgroups in pinned states. Needs root, the
+_bpf extension (libbpf) and the compiled program (clang); a skip is a failure under
+CGSHIM_REQUIRE_KERNEL=1.
+"""
+import collections
+import errno
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+from cgshim import _native
+from cgshim.errors import BpfError, PassFormatMismatch
+from cgshim.kernel import bpf
+from cgshim.kernel.mounts import hierarchy
+from tests.support.require import require_kernel, require_root
+from tests.test_faults import REPO, TESTS, _PRELUDE, run_child
+
+pytestmark = pytest.mark.kernel
+
+
+def need_bpf():
+    require_root()
+    require_kernel(_native.bpf is not None,
+                   f"the _bpf extension is not built: {bpf.native_missing()} (install libbpf-dev)")
+    require_kernel(bpf.object_path() is not None,
+                   "the BPF object was not built (install clang, then pip install -e .)")
+
+
+def v2_root():
+    v2 = hierarchy().v2
+    require_kernel(v2 is not None, "needs a cgroup2 mount")
+    return v2.mount_point
+
+
+@pytest.fixture(scope="module")
+def bpffs():
+    """A private bpffs instance on a temp dir (mode 0755, so that nobody can reach pins)."""
+    need_bpf()
+    d = tempfile.mkdtemp(prefix="cgshim-test-bpf-")
+    os.chmod(d, 0o755)
+    bpf.mount_bpffs(d)
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", d], check=False)
+        os.rmdir(d)
+
+
+@pytest.fixture(scope="module")
+def pins(bpffs):
+    pin_dir = os.path.join(bpffs, "pins")
+    paths = bpf.pin(pin_dir, cgroup_root=v2_root())
+    yield pin_dir
+    assert sorted(bpf.unpin(pin_dir)) == sorted(paths)
+
+
+def ino(path):
+    return os.stat(path).st_ino
+
+
+def proc_letters(cgroup):
+    """What /proc shows for each thread in cgroup.threads, by letter: the scan's truth."""
+    with open(os.path.join(cgroup, "cgroup.threads")) as f:
+        tids = set(f.read().split())
+    letters = collections.Counter()
+    for tid in tids:
+        try:
+            with open(f"/proc/{tid}/task/{tid}/stat", "rb") as f:
+                data = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        letters[chr(data[data.rindex(b")") + 2])] += 1
+    return letters
+
+
+def pass_letters(p, cgroup):
+    c = p.get(ino(cgroup))
+    if c is None:
+        return collections.Counter()
+    return collections.Counter({letter: n for letter, n in zip(bpf.STATES, c.nr) if n})
+
+
+def expected(*workers):
+    return collections.Counter(s for w in workers for s in w.expected_states().values() if s != "Z")
+
+
+# -- files --------------------------------------------------------------------------------
+
+def test_pins_are_0444_with_the_format_in_the_name(pins):
+    names = sorted(os.listdir(pins))
+    assert names == sorted(bpf.PIN_NAMES.values())
+    assert all(n.endswith(f"-v{bpf.FORMAT}") for n in names)
+    for n in names:
+        assert oct(os.stat(os.path.join(pins, n)).st_mode & 0o7777) == "0o444"
+    assert bpf.bpffs_at(pins) == os.path.dirname(pins)
+    assert bpf.bpffs_at("/proc") is None
+
+
+# -- parity with the scan ---------------------------------------------------------------
+
+def test_every_state_as_the_scan_sees_it(testbed, pins):
+    """R (spinner), S (pipe, poll, futex, nanosleep), D (vfork parent), T (SIGSTOP), t (ptrace
+    stop), Z (unreaped child: in no cgroup), nested cgroups counting their own threads."""
+    a = testbed.cgroup(2)
+    a_child = testbed.cgroup(2, parent=a)
+    b, c = testbed.cgroup(2), testbed.cgroup(2)
+    wa = testbed.spawn(busy=True, pipe=1, poll=1, futex=2, nanosleep=1, cgroups=[a])
+    wk = testbed.spawn(pipe=3, cgroups=[a_child])
+    wb = testbed.spawn(vfork=2, zombie=1, futex=2, cgroups=[b])
+    wb.ptrace_stop(next(t for t, k in wb.roles.items() if k == "futex"))
+    wc = testbed.spawn(pipe=2, nanosleep=1, cgroups=[c])
+    wc.stop()
+    zombie = next(t for t, k in wb.roles.items() if k == "zombie")
+    with bpf.Source.pinned(pins) as src:
+        p = src.read_pass()
+    assert p.mechanism == "cgroup"
+    for cg, workers in ((a, [wa]), (a_child, [wk]), (b, [wb]), (c, [wc])):
+        assert pass_letters(p, cg) == proc_letters(cg) == expected(*workers), cg
+    assert pass_letters(p, b)["D"] == 2 and pass_letters(p, b)["t"] == 1
+    assert pass_letters(p, c)["T"] == 4 and pass_letters(p, a)["R"] == 1
+    # the zombie is Z in /proc, but in no cgroup's thread list: counted nowhere
+    with open(f"/proc/{zombie}/stat", "rb") as f:
+        assert f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    assert all(c.count("Z") == 0 for c in (p[i] for i in p))
+    # nested: the parent holds only its own threads
+    assert p[ino(a)].threads == len(wa.roles) and p[ino(a_child)].threads == len(wk.roles)
+
+
+def test_the_per_thread_pass_agrees(testbed, pins):
+    """The fallback mechanism (iter/task) on the same cgroups: same counts."""
+    a, b = testbed.cgroup(2), testbed.cgroup(2)
+    wa = testbed.spawn(busy=True, pipe=2, vfork=1, cgroups=[a])
+    wb = testbed.spawn(futex=3, cgroups=[b])
+    wb.stop()
+    for _ in range(2):
+        fd = os.open(os.path.join(pins, bpf.PIN_NAMES[bpf.MECH_TASK]), os.O_RDONLY)
+        try:
+            p = bpf._NativePass(_native.bpf).read(fd, "task pass")
+        finally:
+            os.close(fd)
+        assert p.mechanism == "task"
+        assert pass_letters(p, a) == proc_letters(a) == expected(wa)
+        assert pass_letters(p, b) == proc_letters(b) == expected(wb)
+
+
+def test_idle_kernel_threads_in_the_root_cgroup(pins):
+    root = v2_root()
+    with bpf.Source.pinned(pins) as src:
+        p = src.read_pass()
+    scan = proc_letters(root)
+    require_kernel(scan["I"] > 0, "no idle kernel thread visible in the root cgroup")
+    got = p[ino(root)].count("I")
+    assert got > 0 and abs(got - scan["I"]) <= max(2, scan["I"] // 10)  # kworkers come and go
+
+
+def schedstat_sums(cgroup):
+    with open(os.path.join(cgroup, "cgroup.threads")) as f:
+        tids = set(f.read().split())
+    run = wait = 0
+    for tid in tids:
+        with open(f"/proc/{tid}/task/{tid}/schedstat") as f:
+            r, w, _ = f.read().split()
+        run, wait = run + int(r), wait + int(w)
+    return run, wait
+
+
+def test_runtime_and_run_delay_sums_match_schedstat(testbed, pins):
+    """se.sum_exec_runtime and sched_info.run_delay summed by the pass lie between the
+    schedstat sums read just before and just after it (both clocks only grow)."""
+    cg = testbed.cgroup(2)
+    testbed.spawn(busy=True, pipe=2, cgroups=[cg])
+    testbed.spawn(busy=True, cgroups=[cg])
+    time.sleep(0.2)
+    with bpf.Source.pinned(pins) as src:
+        for _ in range(5):
+            run0, wait0 = schedstat_sums(cg)
+            c = src.read_pass()[ino(cg)]
+            run1, wait1 = schedstat_sums(cg)
+            assert run0 <= c.sum_exec_runtime <= run1
+            assert wait0 <= c.run_delay <= wait1
+            assert c.sum_exec_runtime > 0
+
+
+# -- size, churn, concurrency -------------------------------------------------------------
+
+def test_two_thousand_cgroups_in_one_pass(testbed, pins):
+    top = testbed.cgroup(2)
+    cgs = [testbed.cgroup(2, parent=top) for _ in range(2000)]
+    busy = [cgs[0], cgs[999], cgs[1999]]
+    workers = [testbed.spawn(pipe=2, cgroups=[cg]) for cg in busy]
+    with bpf.Source.pinned(pins) as src:
+        p = src.read_pass()
+    assert p.mechanism == "cgroup" and p.objects >= 2001
+    for cg, w in zip(busy, workers):
+        assert pass_letters(p, cg) == expected(w)
+    assert all(ino(cg) not in p for cg in cgs if cg not in busy)  # empty: no record, zeros
+
+
+def threaded_cgroups(testbed, n):
+    """n threaded cgroups holding one thread each of a single worker: many non-empty
+    cgroups without many processes (cgroup.type "threaded", tids written to cgroup.threads)."""
+    top = testbed.cgroup(2)
+    w = testbed.spawn(pipe=n - 1, cgroups=[top])
+    kids = [testbed.cgroup(2, parent=top) for _ in range(n)]
+    for cg in kids:
+        with open(os.path.join(cg, "cgroup.type"), "w") as f:
+            f.write("threaded")
+    for cg, tid in zip(kids, w.tids):
+        with open(os.path.join(cg, "cgroup.threads"), "w") as f:
+            f.write(str(tid))
+    return top, kids, w
+
+
+def test_more_non_empty_cgroups_than_one_read_holds(testbed, pins):
+    """600 non-empty cgroups do not fit the per-cgroup pass's one read (EOPNOTSUPP): the
+    Source reads the per-thread pass instead, and every cgroup is there."""
+    top, kids, w = threaded_cgroups(testbed, 600)
+    fd = os.open(os.path.join(pins, bpf.PIN_NAMES[bpf.MECH_CGROUP]), os.O_RDONLY)
+    try:
+        with pytest.raises(BpfError) as exc:
+            bpf._NativePass(_native.bpf).read(fd, "cgroup pass")
+        assert exc.value.errno == errno.EOPNOTSUPP
+    finally:
+        os.close(fd)
+    with bpf.Source.pinned(pins) as src:
+        p = src.read_pass()
+        assert p.mechanism == "task"
+        for cg in kids:
+            assert p[ino(cg)].nr == (0, 1, 0, 0, 0, 0, 0, 0, 0)
+        assert ino(top) not in p
+        assert src.read_pass().mechanism == "task"  # for a while, without trying again
+
+
+def test_cgroups_created_and_removed_during_passes(testbed, pins):
+    stable = testbed.cgroup(2)
+    w = testbed.spawn(pipe=3, nanosleep=1, cgroups=[stable])
+    want = expected(w)
+    top = testbed.cgroup(2)
+    hop = [testbed.cgroup(2, parent=top) for _ in range(2)]
+    mover = testbed.spawn(pipe=1, cgroups=[hop[0]])
+    stop = threading.Event()
+    errors = []
+
+    def churn():
+        i = 0
+        try:
+            while not stop.is_set():
+                d = os.path.join(top, f"churn{i % 7}")
+                try:
+                    os.mkdir(d)
+                except FileExistsError:
+                    pass
+                testbed.move(mover, hop[i % 2])
+                os.rmdir(d)
+                i += 1
+        except Exception as exc:  # noqa: BLE001 -- reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        with bpf.Source.pinned(pins) as src:
+            for _ in range(200):
+                p = src.read_pass()
+                assert pass_letters(p, stable) == want
+                moved = [p.get(ino(h)) for h in hop]
+                assert sum(c.threads for c in moved if c) in (2, 4)  # in one of the two (or
+                # both: the kernel's own migration double-visit, see CpuLoad's netlink note)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors
+
+
+_READER_CHILD = r"""
+import collections, json, os, sys
+from cgshim.kernel import bpf
+pin_dir, cg, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ino = os.stat(cg).st_ino
+seen = collections.Counter()
+with bpf.Source.pinned(pin_dir) as src:
+    for _ in range(n):
+        c = src.read_pass().get(ino)
+        seen[repr(c.nr if c else None)] += 1
+print(json.dumps(seen))
+"""
+
+
+def test_two_processes_reading_at_once(testbed, pins):
+    cg = testbed.cgroup(2)
+    w = testbed.spawn(pipe=2, futex=2, cgroups=[cg])
+    w.stop()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, TESTS]))
+    procs = [subprocess.Popen([sys.executable, "-c", _READER_CHILD, pins, cg, "300"], env=env,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    with bpf.Source.pinned(pins) as src:
+        mine = [src.read_pass()[ino(cg)].nr for _ in range(100)]
+    outs = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+    want = repr((0, 0, 0, 5, 0, 0, 0, 0, 0))
+    assert all(out == {want: 300} for out in outs), outs
+    assert all(repr(nr) == want for nr in mine)
+
+
+# -- privileges, seccomp, format ------------------------------------------------------------
+
+def test_nobody_without_capabilities_reads_the_pin(testbed, pins):
+    cg = testbed.cgroup(2)
+    w = testbed.spawn(busy=True, pipe=2, cgroups=[cg])
+    got = run_child(
+        "from cgshim.kernel import bpf\n"
+        "_drop_to_nobody()\n"
+        f"with bpf.Source.pinned({pins!r}) as src:\n"
+        "    p = src.read_pass()\n"
+        f"print(json.dumps([p.mechanism, p.get(os.stat({cg!r}).st_ino).nr]))\n")
+    assert got[0] == "cgroup"
+    assert collections.Counter({l: n for l, n in zip(bpf.STATES, got[1]) if n}) == expected(w)
+
+
+def test_nobody_cannot_load(pins):
+    got = run_child(
+        "from cgshim.kernel import bpf\n"
+        "_drop_to_nobody()\n"
+        "try:\n"
+        f"    bpf.Source.loaded({v2_root()!r}); out = None\n"
+        "except bpf.BpfError as exc:\n"
+        "    out = [exc.errno, str(exc)]\n"
+        "print(json.dumps(out))\n")
+    assert got[0] in (errno.EPERM, errno.EACCES) and "CAP_BPF" in got[1]
+
+
+_DENY_BPF = r'''
+def _deny_bpf(err):
+    import ctypes, struct
+    LD_W_ABS, JEQ_K, RET_K = 0x20, 0x15, 0x06
+    prog = [(LD_W_ABS, 0, 0, 4), (JEQ_K, 0, 3, 0xC000003E),   # arch == x86_64, else allow
+            (LD_W_ABS, 0, 0, 0), (JEQ_K, 0, 1, 321),           # nr == __NR_bpf
+            (RET_K, 0, 0, 0x00050000 | err), (RET_K, 0, 0, 0x7FFF0000)]
+    code = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *i) for i in prog))
+    class Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    fprog = Fprog(len(prog), ctypes.addressof(code))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong,
+                           ctypes.c_ulong]
+    if libc.prctl(38, 1, None, 0, 0) or libc.prctl(22, 2, ctypes.byref(fprog), 0, 0):
+        raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP")
+'''
+
+
+def test_seccomp_refusing_bpf_stops_loading_not_pin_reading(testbed, pins):
+    require_kernel(os.uname().machine == "x86_64", "the seccomp filter here is x86_64's")
+    cg = testbed.cgroup(2)
+    testbed.spawn(pipe=2, cgroups=[cg])
+    got = run_child(
+        _DENY_BPF +
+        "from cgshim.kernel import bpf\n"
+        "_deny_bpf(errno.EPERM)\n"
+        "try:\n"
+        f"    bpf.Source.loaded({v2_root()!r}); out = None\n"
+        "except bpf.BpfError as exc:\n"
+        "    out = [exc.errno, str(exc)]\n"
+        f"with bpf.Source.pinned({pins!r}) as src:\n"
+        f"    n = src.read_pass().get(os.stat({cg!r}).st_ino).threads\n"
+        "print(json.dumps([out, n]))\n")
+    (err, msg), n = got
+    assert err == errno.EPERM and "seccomp" in msg
+    assert n == 3
+
+
+def test_a_pin_of_another_format_is_refused(bpffs):
+    """An object built with another CGSHIM_FORMAT, pinned under this version's name (as a
+    stale pin would be): its passes are refused; pinned under its own name: the Source
+    says to re-pin."""
+    from cgshim._native import build
+
+    with tempfile.TemporaryDirectory(prefix="cgshim-test-bpf-obj-") as tmp:
+        why = build.compile_bpf_object(tmp, name="old.bpf.o", defines=["-DCGSHIM_FORMAT=0"])
+        assert why is None, why
+        obj = os.path.join(tmp, "old.bpf.o")
+        stale = os.path.join(bpffs, "stale")
+        bpf.pin(stale, cgroup_root=v2_root(), obj_path=obj)
+        try:
+            with bpf.Source.pinned(stale) as src:
+                with pytest.raises(PassFormatMismatch, match="re-pin"):
+                    src.read_pass()
+            for mech, name in bpf.PIN_NAMES.items():
+                os.rename(os.path.join(stale, name), os.path.join(stale, name.replace(f"-v{bpf.FORMAT}", "-v0")))
+            with pytest.raises(PassFormatMismatch, match="re-pin"):
+                bpf.Source.pinned(stale)
+        finally:
+            bpf.unpin(stale)
+        assert not os.path.exists(stale)
+
+
+def test_no_pin_there(bpffs):
+    with pytest.raises(BpfError) as exc:
+        bpf.Source.pinned(os.path.join(bpffs, "nothing-here"))
+    assert exc.value.errno == errno.ENOENT
+
+
+# -- CLI -------------------------------------------------------------------------------
+
+def cli(*args):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-m", "cgshim", *args], env=env, cwd="/",
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_pin_and_unpin(bpffs):
+    d = os.path.join(bpffs, "cli")
+    proc = cli("bpf", "pin", "--dir", d, "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert sorted(out["pinned"]) == sorted(os.path.join(d, n) for n in bpf.PIN_NAMES.values())
+    with bpf.Source.pinned(d) as src:
+        assert src.read_pass().get(1).threads > 0
+    proc = cli("bpf", "unpin", "--dir", d)
+    assert proc.returncode == 0 and proc.stdout.count("removed") == 2
+    assert not os.path.exists(d)
+    proc = cli("bpf", "unpin", "--dir", d)
+    assert proc.returncode == 0 and "nothing pinned" in proc.stdout
+
+
+def test_cli_pin_off_bpffs_says_so():
+    with tempfile.TemporaryDirectory(prefix="cgshim-test-bpf-") as d:
+        proc = cli("bpf", "pin", "--dir", os.path.join(d, "x"), "--no-mount")
+        assert proc.returncode == 1
+        assert "not on a bpffs" in proc.stderr and not os.path.exists(os.path.join(d, "x"))
