@@ -259,3 +259,93 @@ def test_runtime_opt_in_validates_and_stays_minimal(daemonset, version):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert not c["securityContext"].get("privileged")
+
+
+# --- the opt-in bpf patch (deploy/bpf-pin.yaml) -----------------------------------------------
+
+
+def strategic_merge(base, patch):
+    """kustomize's strategic merge for what bpf-pin.yaml uses: maps merge, lists of named
+    items (containers, volumes) merge by name, volumeMounts by mountPath, others replace."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for k, v in patch.items():
+            out[k] = strategic_merge(base[k], v) if k in base else copy.deepcopy(v)
+        return out
+    if isinstance(base, list) and isinstance(patch, list) and patch and isinstance(patch[0], dict):
+        key = next((k for k in ("name", "mountPath") if k in patch[0]), None)
+        if key is not None:
+            out = [copy.deepcopy(b) for b in base]
+            for item in patch:
+                for i, b in enumerate(out):
+                    if b.get(key) == item[key]:
+                        out[i] = strategic_merge(b, item)
+                        break
+                else:
+                    out.append(copy.deepcopy(item))
+            return out
+    return copy.deepcopy(patch)
+
+
+@pytest.fixture(scope="module")
+def bpf_daemonset(daemonset):
+    (patch,) = load("bpf-pin.yaml")
+    assert (patch["kind"], patch["metadata"]["name"]) == (daemonset["kind"], daemonset["metadata"]["name"])
+    return strategic_merge(daemonset, patch)
+
+
+def test_bpf_is_opt_in(pod):
+    assert "initContainers" not in pod
+    assert [v["name"] for v in pod["volumes"]] == ["cgroup"]
+
+
+@pytest.mark.parametrize("version", versions())
+def test_bpf_patched_daemonset_validates_strictly(bpf_daemonset, version):
+    kv.validate(bpf_daemonset, version, strict=True)
+
+
+def test_bpf_pin_init_container_has_only_bpf_and_perfmon(bpf_daemonset):
+    from cgshim.app.cli import build_parser
+    from cgshim.kernel.bpf import DEFAULT_PIN_DIR
+
+    spec = bpf_daemonset["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    sc = init["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["BPF", "PERFMON"]}
+    assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["seccompProfile"]["type"] == "Localhost"
+    profile = os.path.join(DEPLOY, "seccomp", os.path.basename(sc["seccompProfile"]["localhostProfile"]))
+    import json
+
+    with open(profile) as f:
+        prof = json.load(f)
+    denied = {n for rule in prof["syscalls"] if rule["action"] != "SCMP_ACT_ALLOW" for n in rule["names"]}
+    assert prof["defaultAction"] == "SCMP_ACT_ALLOW"
+    assert {"bpf", "perf_event_open"}.isdisjoint(denied)
+    assert {"mount", "umount2", "ptrace", "unshare", "setns", "init_module", "kexec_load"} <= denied
+    # the command is cgshim's own CLI: pin, never mount (no CAP_SYS_ADMIN)
+    cmd = init["command"]
+    assert cmd[:3] == ["python", "-m", "cgshim"]
+    args = build_parser().parse_args(cmd[3:])
+    assert (args.command, args.action, args.mount) == ("bpf", "pin", False)
+    mounts = {m["name"]: m for m in init["volumeMounts"]}
+    assert mounts["bpf-pins"]["mountPath"] == args.dir == DEFAULT_PIN_DIR
+    assert "readOnly" not in mounts["bpf-pins"] and mounts["cgroup"]["readOnly"] is True
+    assert init["image"] == spec["containers"][0]["image"]
+
+
+def test_bpf_exporter_stays_unprivileged_and_reads_pins_read_only(bpf_daemonset):
+    from cgshim.kernel.bpf import DEFAULT_PIN_DIR
+
+    spec = bpf_daemonset["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert spec["securityContext"]["runAsUser"] == 65534
+    assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert "seccompProfile" not in c["securityContext"]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert set(mounts) == {"/sys/fs/cgroup", DEFAULT_PIN_DIR}
+    assert mounts[DEFAULT_PIN_DIR]["readOnly"] is True
+    vol = {v["name"]: v for v in spec["volumes"]}[mounts[DEFAULT_PIN_DIR]["name"]]
+    assert vol["hostPath"] == {"path": DEFAULT_PIN_DIR, "type": "DirectoryOrCreate"}
