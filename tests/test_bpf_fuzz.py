@@ -27,8 +27,8 @@ U64 = 2**64 - 1
 
 # -- a writer of passes, from records.h (independent of the parsers under test) ---------
 
-def head(mechanism=bpf.MECH_CGROUP, fmt=bpf.FORMAT, magic=bpf.MAGIC, size=16):
-    return struct.pack("=HHHHQ", bpf.REC_HEAD, size, fmt, mechanism, magic)
+def head(mechanism=bpf.MECH_CGROUP, fmt=bpf.FORMAT, magic=bpf.MAGIC, size=24, root=1):
+    return struct.pack("=HHHHQQ", bpf.REC_HEAD, size, fmt, mechanism, magic, root)
 
 
 def cgroup_rec(cid, nr, runtime=0, delay=0):
@@ -88,6 +88,7 @@ def test_cgroup_pass_parses_to_its_records(recs, objects):
     got, err = both(data)
     assert err is None
     assert got.mechanism == "cgroup" and got.objects == objects and got.bytes == len(data)
+    assert got.root == 1
     assert list(got) == [r[0] for r in recs]
     for cid, nr, rt, dl in recs:
         c = got[cid]
@@ -168,7 +169,7 @@ def test_every_truncation_of_a_pass_is_malformed():
     (head(fmt=0) + end(), "format 0"),
     (head(fmt=2) + end(), "format 2"),
     (head(magic=0x1234) + end(), "magic"),
-    (b"\x07\x00\x10\x00" + bytes(12) + end(), "kind"),
+    (b"\x07\x00\x18\x00" + bytes(20) + end(), "kind"),
 ])
 def test_another_format_is_refused_not_misread(data, why):
     _, err = both(data)
@@ -183,7 +184,7 @@ def test_another_format_is_refused_not_misread(data, why):
     head() + cgroup_rec(3, [1] + [0] * 8) * 2 + end(),          # a cgroup twice
     head(bpf.MECH_TASK) + task_rec(3, 9) + end(),               # state index out of range
     head(mechanism=3) + end(),                                  # unknown mechanism
-    head(size=24) + bytes(8) + end(),                           # HEAD of another size
+    head(size=32) + bytes(8) + end(),                           # HEAD of another size
     head() + end() + b"\x00",                                   # bytes after END
     head() + cgroup_rec(3, [1] + [0] * 8),                      # no END
     head() + struct.pack("=HH", bpf.REC_CGROUP, 0) + end(),     # a record of size 0

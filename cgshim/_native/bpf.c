@@ -33,7 +33,7 @@
 #include "bpf.h"
 #include "bpf/records.h"
 
-_Static_assert(sizeof(struct cgshim_rec_head) == 16, "HEAD is 16 bytes");
+_Static_assert(sizeof(struct cgshim_rec_head) == 24, "HEAD is 24 bytes");
 _Static_assert(sizeof(struct cgshim_rec_cgroup) == 64, "CGROUP is 64 bytes");
 _Static_assert(sizeof(struct cgshim_rec_task) == 32, "TASK is 32 bytes");
 _Static_assert(sizeof(struct cgshim_rec_end) == 16, "END is 16 bytes");
@@ -162,6 +162,7 @@ int cg_bpf_pass_parse(struct cg_bpf_pass *p, const uint8_t *buf, size_t len,
         return EBADMSG;
     out->format = head.format;
     out->mechanism = head.mechanism;
+    out->root = head.root;
     for (off = sizeof(head); off < len;) {
         uint16_t kind, size;
         if (ended)

@@ -48,6 +48,7 @@ struct cg_bpf_result {
     uint64_t nr_cgroups;
     const struct cg_bpf_cgroup *cgroups;
     uint64_t memory;           /* bytes held by the pass's buffers */
+    uint64_t root;             /* cgroup id the per-cgroup walk starts at; 0 per-thread */
 };
 
 struct cg_bpf_pass;

@@ -46,7 +46,7 @@ MECHANISMS = {MECH_CGROUP: "cgroup", MECH_TASK: "task"}
 #: the /proc state letters by state index (fs/proc/array.c task_state_array)
 STATES = "RSDTtXZPI"
 
-_HEAD = struct.Struct("=HHHHQ")
+_HEAD = struct.Struct("=HHHHQQ")
 _CGROUP = struct.Struct("=HH9IQQQ")
 _TASK = struct.Struct("=HHB3xQQQ")
 _END = struct.Struct("=HH4xQ")
@@ -88,14 +88,17 @@ class Pass:
     """One pass: every cgroup with threads of its own, by cgroup id. A mapping id ->
     :class:`CgroupTasks`; ids of cgroups without threads are absent (they have none)."""
 
-    __slots__ = ("format", "mechanism", "objects", "bytes", "memory", "_raw")
+    __slots__ = ("format", "mechanism", "objects", "bytes", "memory", "root", "_raw")
 
-    def __init__(self, mechanism, objects, nbytes, raw, memory=0):
+    def __init__(self, mechanism, objects, nbytes, raw, memory=0, root=0):
         self.format = FORMAT
         self.mechanism = MECHANISMS[mechanism]  #: "cgroup" or "task"
         self.objects = objects   #: objects the iterator visited (cgroups or tasks)
         self.bytes = nbytes      #: size of the pass as read
         self.memory = memory     #: bytes the C reader holds for passes (0: pure Python)
+        #: id of the cgroup the per-cgroup walk started at (it and all below); 0 for the
+        #: per-thread pass (every task of the reader's pid namespace)
+        self.root = root
         self._raw = raw          # id -> (id, runtime, delay, n0..n8, threads)
 
     def __len__(self):
@@ -122,7 +125,8 @@ class Pass:
 
     def __eq__(self, other):
         return (isinstance(other, Pass) and self.mechanism == other.mechanism
-                and self.objects == other.objects and list(self._raw.items()) == list(other._raw.items()))
+                and self.objects == other.objects and self.root == other.root
+                and list(self._raw.items()) == list(other._raw.items()))
 
     def __repr__(self):
         return (f"<Pass {self.mechanism} cgroups={len(self._raw)} objects={self.objects} "
@@ -140,8 +144,8 @@ def parse_pass(data) -> Pass:
     data = memoryview(data).cast("B")
     n = len(data)
     if n < _HEAD.size:
-        raise MalformedPass(f"a pass of {n} bytes is shorter than its 16-byte HEAD")
-    kind, size, fmt, mech, magic = _HEAD.unpack_from(data, 0)
+        raise MalformedPass(f"a pass of {n} bytes is shorter than its {_HEAD.size}-byte HEAD")
+    kind, size, fmt, mech, magic, root = _HEAD.unpack_from(data, 0)
     if kind != REC_HEAD:
         raise PassFormatMismatch(f"not a cgshim pass (first record kind {kind}, not HEAD)")
     if size != _HEAD.size:
@@ -204,7 +208,7 @@ def parse_pass(data) -> Pass:
         off += size
     if objects is None:
         raise MalformedPass("no END record: the pass is truncated")
-    return Pass(mech, objects, n, raw)
+    return Pass(mech, objects, n, raw, root=root)
 
 
 # -- the C reader ------------------------------------------------------------------------
@@ -268,7 +272,7 @@ class _NativePass:
         res = self.res
         table = self.ffi.buffer(res.cgroups, res.nr_cgroups * _TABLE.size)
         raw = {r[0]: r for r in _TABLE.iter_unpack(table)}
-        return Pass(res.mechanism, res.objects, res.bytes, raw, res.memory)
+        return Pass(res.mechanism, res.objects, res.bytes, raw, res.memory, res.root)
 
     def close(self):
         if self.p is not None:

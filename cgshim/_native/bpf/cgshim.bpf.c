@@ -166,11 +166,11 @@ __attribute__((noinline)) int cgshim_count(struct cgshim_rec_cgroup *r, unsigned
 	return 1;
 }
 
-static __always_inline void emit_head(struct seq_file *seq, u16 mechanism)
+static __always_inline void emit_head(struct seq_file *seq, u16 mechanism, u64 root)
 {
 	struct cgshim_rec_head h = {
 		.kind = CGSHIM_REC_HEAD, .size = sizeof(h), .format = CGSHIM_FORMAT,
-		.mechanism = mechanism, .magic = CGSHIM_MAGIC,
+		.mechanism = mechanism, .magic = CGSHIM_MAGIC, .root = root,
 	};
 	bpf_seq_write(seq, &h, sizeof(h));
 }
@@ -194,8 +194,8 @@ int cgshim_cgroups(struct bpf_iter__cgroup *ctx)
 	struct task_struct *t;
 	unsigned int threads = 0;
 
-	if (meta->seq_num == 0)
-		emit_head(seq, CGSHIM_MECH_CGROUP);
+	if (meta->seq_num == 0) /* the walk is pre-order: its first cgroup is where it starts */
+		emit_head(seq, CGSHIM_MECH_CGROUP, cgrp ? cgrp->kn->id : 0);
 	if (!cgrp) {
 		emit_end(seq, meta->seq_num);
 		return 0;
@@ -226,7 +226,7 @@ int cgshim_tasks(struct bpf_iter__task *ctx)
 	struct cgshim_rec_task r = {};
 
 	if (meta->seq_num == 0)
-		emit_head(seq, CGSHIM_MECH_TASK);
+		emit_head(seq, CGSHIM_MECH_TASK, 0);
 	if (!t) {
 		emit_end(seq, meta->seq_num);
 		return 0;

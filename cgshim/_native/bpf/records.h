@@ -22,12 +22,13 @@
 
 #define CGSHIM_NR_STATES 9 /* "RSDTtXZPI": fs/proc/array.c task_state_array */
 
-struct cgshim_rec_head { /* 16 bytes */
+struct cgshim_rec_head { /* 24 bytes */
 	__u16 kind;
 	__u16 size;
 	__u16 format;
 	__u16 mechanism;
 	__u64 magic;
+	__u64 root; /* id of the cgroup the per-cgroup walk starts at; 0: per-thread pass */
 };
 
 struct cgshim_rec_cgroup { /* 64 bytes: a cgroup with at least one thread of its own */
