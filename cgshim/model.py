@@ -58,6 +58,10 @@ class CpuLoad:
       nr_running, nr_sleeping, nr_uninterruptible, nr_stopped, so every S and D sleeper
       counts, each distinct tid once. ``nr_io_wait`` is None: in_iowait is not visible in
       /proc.
+    - ``"bpf"``: the same letters as the scan (cgroup v2), read in the kernel by cgshim's
+      BPF iterator (__task_state_index(), include/linux/sched.h) for every cgroup in one
+      pass; each of the cgroup's own threads once, as cgroup.threads lists them, also
+      those not visible in this pid namespace. ``nr_io_wait`` is None.
     - ``"psi"``: the threads could not be enumerated (no permission, or some not visible
       in this pid namespace), or the caller asked for PSI only: every count is None and
       only ``pressure`` is filled.

@@ -4,6 +4,10 @@ A Reader tries an ordered chain of backends, per cgroup, the first that answers 
 (``Reader(backends=(...))``; the default is every backend in :data:`BACKENDS` order, each
 used only for the cgroup versions it reads):
 
+0. ``bpf`` -- for cgroup2 cgroups: cgshim's BPF iterator pass (cgshim/kernel/bpf.py), one
+   read for every cgroup's own threads by /proc letter. Pinned by ``python -m cgshim bpf
+   pin`` (read by any uid, no capabilities), else loaded by this Reader when it has
+   CAP_BPF + CAP_PERFMON; else the chain goes on to the scan, with the reason.
 1. ``netlink`` -- CGROUPSTATS_CMD_GET (kernel/taskstats.c, cgroupstats_build() in
    kernel/cgroup/cgroup-v1.c) on the cgroup's directory, for cgroups on a v1 hierarchy,
    while the TASKSTATS family answers. Implementation: the C core (``"native"``), or
@@ -40,10 +44,10 @@ import time
 import warnings
 
 from cgshim import _native
-from cgshim.kernel import cgroupfs, netlink, psi, threadstat
+from cgshim.kernel import bpf, cgroupfs, netlink, psi, threadstat
 from cgshim.kernel.mounts import hierarchy as _load_hierarchy, resolve as _resolve, twin_v2 as _twin_v2
 from cgshim.errors import (
-    CgroupNotFound, CgshimError, FamilyNotFound, NetlinkError, NetlinkTimeout, PermissionDenied,
+    BpfError, CgroupNotFound, CgshimError, FamilyNotFound, NetlinkError, NetlinkTimeout, PermissionDenied,
     Unsupported, translate,
 )
 from cgshim.kernel.mounts import Resolved
@@ -542,6 +546,99 @@ def _scan_verdict(resolved, counts):
                                f"are not readable")
 
 
+class _Bpf(_Backend):
+    """One pass of cgshim's BPF iterator per read (see cgshim/kernel/bpf.py). Where there
+    is neither a pin nor the capabilities to load, it passes over to the next backend with
+    the reason, and looks again after RECHECK seconds (a pin may appear)."""
+
+    name = "bpf"
+    cgroup_versions = (2,)
+    RECHECK = 30.0
+
+    def __init__(self, reader, *, proc_root, timeout, max_fds):
+        super().__init__(reader, proc_root=proc_root, timeout=timeout, max_fds=max_fds)
+        self._pin_dir, self._proc_root = reader.bpf_pin_dir, proc_root
+        v2 = reader.hierarchy.v2
+        self._v2_root = None if v2 is None else v2.mount_point
+        self._lock = threading.Lock()
+        self._source = None
+        self.down, self._down_at = None, 0.0
+        self.implementation = "native" if _native.bpf is not None else "python"
+
+    def close(self):
+        with self._lock:
+            source, self._source = self._source, None
+            self.down, self._down_at = "this Reader is closed", float("inf")
+        if source is not None:
+            source.close()
+
+    def _get_source(self):
+        source = self._source
+        if source is not None:
+            return source
+        with self._lock:
+            if self._source is None:
+                if self.down is not None and time.monotonic() - self._down_at < self.RECHECK:
+                    raise _PassOver(f"bpf unavailable ({self.down})", Unsupported(f"bpf: {self.down}"))
+                try:
+                    _check_v2_root(self._v2_root)
+                    self._source = bpf.Source.open(self._pin_dir, self._v2_root,
+                                                   proc_root=self._proc_root)
+                except BpfError as exc:
+                    self.down, self._down_at = str(exc), time.monotonic()
+                    raise _PassOver(f"bpf unavailable ({exc})", exc) from exc
+                self.down = None
+            return self._source
+
+    def counts(self, target):
+        try:
+            p = self._get_source().read_pass()
+        except BpfError as exc:
+            raise _PassOver(f"bpf: {exc}", exc) from exc
+        path = target.resolved.path
+        try:
+            st = os.stat(path)  # after the pass: a cgroup removed meanwhile is not "empty"
+        except OSError as exc:
+            raise translate(exc, path, cgroup=path) from exc
+        if p.root > 1 and p.root != os.stat(self._v2_root).st_ino:
+            raise _PassOver(f"bpf: the pass covers only cgroup {p.root} and below, not all "
+                            f"of {self._v2_root}")
+        return p.task_counts(st.st_ino)
+
+    @classmethod
+    def probe(cls, hier, proc_root):
+        if hier is not None and hier.v2 is None:
+            return False, None, "no cgroup2 mount: the bpf pass reads cgroup2 cgroups"
+        impl = "native" if _native.bpf is not None else "python"
+        try:
+            _check_v2_root(hier.v2.mount_point if hier else None)
+            with bpf.Source.open(_default_pin_dir(), hier.v2.mount_point if hier else "/sys/fs/cgroup",
+                                 proc_root=proc_root) as source:
+                source.read_pass()
+                how = source.description
+        except BpfError as exc:
+            return False, None, str(exc)
+        return True, impl, None
+
+
+def _check_v2_root(v2_root):
+    """The pass reads this kernel's cgroups: the Reader's cgroup2 mount must be one of them
+    (not, say, a fixture tree named by a test's mountinfo)."""
+    if v2_root is None:
+        raise BpfError(errno.ENOENT, "no cgroup2 mount")
+    try:
+        m = bpf.mount_of(v2_root)
+    except OSError as exc:
+        raise BpfError(exc.errno or errno.EIO, f"/proc/self/mountinfo: {exc.strerror}") from exc
+    if m is None or m.fstype != "cgroup2":
+        raise BpfError(errno.ENODEV, f"{v2_root} is not a cgroup2 mount of this kernel")
+
+
+def _default_pin_dir():
+    """Where Readers look for pins: $CGSHIM_BPF_PIN_DIR, else bpf.DEFAULT_PIN_DIR."""
+    return os.environ.get("CGSHIM_BPF_PIN_DIR") or bpf.DEFAULT_PIN_DIR
+
+
 class _Psi(_Backend):
     """No counts: the reading carries only cpu.pressure (read for every backend)."""
 
@@ -572,7 +669,7 @@ class _Psi(_Backend):
 
 #: Every backend by name, in the default chain's order. Adding a backend: one class above,
 #: one entry here.
-BACKENDS = {"netlink": _Netlink, "scan": _Scan, "psi": _Psi}
+BACKENDS = {"bpf": _Bpf, "netlink": _Netlink, "scan": _Scan, "psi": _Psi}
 
 
 def backends(*, mountinfo="/proc/self/mountinfo", proc_root="/proc"):
@@ -617,7 +714,7 @@ class Reader:
     """A long-lived, thread-safe reader of cgroup CPU load (see the module docstring).
 
     - ``backends`` is the ordered chain of backend names to try (default: all of
-      :data:`BACKENDS`, i.e. netlink -> scan -> psi on v1, scan -> psi on v2). For example
+      :data:`BACKENDS`, i.e. netlink -> scan -> psi on v1, bpf -> scan -> psi on v2). For example
       ``backends=("scan",)`` reads v1 cgroups by scan too, with the /proc meaning of every
       state (see :class:`cgshim.CpuLoad`), and raises where the scan cannot read.
       ``netlink=False`` is the deprecated spelling of leaving netlink out.
@@ -625,6 +722,8 @@ class Reader:
     - ``proc_root`` and ``mountinfo`` name the /proc to read (e.g. a host's /proc
       mounted into a container, or a fixture tree in tests).
     - ``timeout`` bounds each netlink request, in seconds.
+    - ``bpf_pin_dir``: where the bpf backend looks for pins (default $CGSHIM_BPF_PIN_DIR,
+      else /sys/fs/bpf/cgshim).
     - ``max_cgroups`` bounds the resolved cgroups kept with their open fds (up to two
       each; those not read lately are closed first), and is capped to 1/8 of the soft
       RLIMIT_NOFILE; ``max_fds`` bounds the scanner's held-open stat files, capped to 1/4
@@ -640,9 +739,10 @@ class Reader:
 
     def __init__(self, *, backends=None, netlink=None, pressure=True, proc_root="/proc",
                  mountinfo="/proc/self/mountinfo", timeout=1.0, max_cgroups=1024, max_fds=4096,
-                 runnable=True):
+                 runnable=True, bpf_pin_dir=None):
         self.backends = _chosen(backends, netlink)
         self.hierarchy = _load_hierarchy(mountinfo)
+        self.bpf_pin_dir = bpf_pin_dir or _default_pin_dir()
         self._use_pressure = pressure
         self._max_cgroups = _effective_max_cgroups(max_cgroups)
         self._lock = threading.Lock()

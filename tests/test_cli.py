@@ -22,6 +22,7 @@ from cgshim.app.cli import ProcCgroup, _directory_of, parse_proc_cgroup
 from cgshim.errors import NotACgroup, ParseError
 from cgshim.kernel.mounts import Mount
 from tests.support.require import require_kernel, require_root
+from tests.support.backends import v2_source
 
 NETLINK_GENERIC = 16  # include/uapi/linux/netlink.h
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -219,20 +220,20 @@ def test_probe_json_schema_and_facts():
     assert psi["cpu"]["some"]["total_usec"] > 0
 
     # This host (hybrid, C core built) offers every backend, each by its native code.
-    assert [b["name"] for b in r["backends"]] == ["netlink", "scan", "psi"]
+    assert [b["name"] for b in r["backends"]] == ["bpf", "netlink", "scan", "psi"]
     for b in r["backends"]:
         check_kinds(b, {"name": str, "available": bool, "implementation": str,
                         "reason": type(None), "cgroup_versions": list})
         assert b["available"]
     assert {b["name"]: b["implementation"] for b in r["backends"]} == \
-        {"netlink": "native", "scan": "native", "psi": "python"}
+        {"bpf": "native", "netlink": "native", "scan": "native", "psi": "python"}
 
     # The probe runs in this process's cgroups (a child inherits them).
     mine = own_cgroups()
     entries = {e["hierarchy"]: e for e in r["own_cgroup"]}
     assert set(entries) == {"cpu", "cgroup2"}
     assert r["readings"] == 2
-    for label, source, version in (("cpu", "netlink", 1), ("cgroup2", "scan", 2)):
+    for label, source, version in (("cpu", "netlink", 1), ("cgroup2", v2_source(), 2)):
         e = entries[label]
         check_kinds(e, {"hierarchy": str, "cgroup": str, "directory": str, "ok": bool,
                         "load": dict, "error": type(None)})
@@ -254,9 +255,9 @@ def test_probe_text_names_each_check():
     out = proc.stdout
     assert f"TASKSTATS family:  answers, id {raw_taskstats_family_id()}" in out
     assert "cgroup mode:       hybrid" in out
-    assert "backend netlink (native):" in out and "backend scan (native):" in out
-    for line in ("netlink  available, native", "scan     available, native",
-                 "psi      available, python"):
+    assert "backend netlink (native):" in out and f"backend {v2_source()} (native):" in out
+    for line in ("bpf      available, native", "netlink  available, native",
+                 "scan     available, native", "psi      available, python"):
         assert f"\n  {line}" in out
     assert "load readings:     2" in out
 
@@ -292,7 +293,7 @@ def test_probe_on_a_simulated_unified_host():
     entries = {e["hierarchy"]: e for e in r["own_cgroup"]}
     v2 = entries["cgroup2"]
     assert v2["ok"] and v2["directory"].startswith("/sys/fs/cgroup")
-    assert v2["load"]["source"] == "scan" and v2["load"]["nr_running"] >= 1
+    assert v2["load"]["source"] == v2_source() and v2["load"]["nr_running"] >= 1
     assert v2["load"]["pressure"] is not None
     if "cpu" in entries:  # the v1 hierarchies exist in the kernel, just not mounted here
         assert not entries["cpu"]["ok"] and "not mounted" in entries["cpu"]["error"]
@@ -329,7 +330,7 @@ def test_load_json_v1_netlink_v2_scan(busy_pair):
     assert a["ok"] and b["ok"] and a["error"] is None
     check_kinds(a["load"], LOAD_SCHEMA)
     assert (a["load"]["source"], a["load"]["cgroup_version"], a["load"]["nr_running"]) == ("netlink", 1, 1)
-    assert (b["load"]["source"], b["load"]["cgroup_version"], b["load"]["nr_running"]) == ("scan", 2, 1)
+    assert (b["load"]["source"], b["load"]["cgroup_version"], b["load"]["nr_running"]) == (v2_source(), 2, 1)
     # the main thread spins (R), the pipe thread sleeps (S): the scan sees that S
     assert b["load"]["nr_sleeping"] == 1 and b["load"]["nr_io_wait"] is None
     assert b["load"]["pressure"] is not None  # cgroup2 has cpu.pressure
@@ -342,7 +343,7 @@ def test_load_table(busy_pair):
     assert proc.returncode == 0, proc.stderr
     rows = table_rows(proc.stdout)
     assert rows[v1]["SOURCE"] == "netlink" and rows[v1]["RUN"] == "1" and rows[v1]["VER"] == "1"
-    assert rows[v2]["SOURCE"] == "scan" and rows[v2]["RUN"] == "1" and rows[v2]["VER"] == "2"
+    assert rows[v2]["SOURCE"] == v2_source() and rows[v2]["RUN"] == "1" and rows[v2]["VER"] == "2"
     assert rows[v2]["IOWAIT"] == "-"
 
 

@@ -33,6 +33,7 @@ from cgshim.errors import (CgroupNotFound, CgshimError, FamilyNotFound, NotACgro
                            Unsupported)
 from cgshim.kernel.mounts import parse_mountinfo
 from tests.support.require import require_kernel, require_root
+from tests.support.backends import v2_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
@@ -267,8 +268,8 @@ def test_threaded_cgroup(testbed):
     with cgshim.Reader() as reader:
         c, p = reader.cpu_load(child), reader.cpu_load(parent)
         both = reader.cpu_load(parent, recursive=True)
-    assert (c.source, c.nr_running, c.nr_sleeping, c.nr_stopped) == ("scan", 1, 2, 0)
-    assert (p.source, p.nr_running, p.nr_sleeping, p.nr_stopped) == ("scan", 0, 1, 0)
+    assert (c.source, c.nr_running, c.nr_sleeping, c.nr_stopped) == (v2_source(), 1, 2, 0)
+    assert (p.source, p.nr_running, p.nr_sleeping, p.nr_stopped) == (v2_source(), 0, 1, 0)
     assert (both.nr_running, both.nr_sleeping) == (1, 3)
 
 
@@ -503,7 +504,7 @@ def test_composed_paths_never_raise_another_type(paths):
                 seen.add(type(exc))
                 return
             seen.add(cgshim.CpuLoad)
-            assert load.source in ("netlink", "scan")
+            assert load.source in ("netlink", "scan", "bpf")
             assert load.path.startswith("/sys/fs/cgroup/")  # a cgroup directory, nowhere else
         check()
     assert NotACgroup in seen

@@ -15,6 +15,7 @@ import cgshim
 from cgshim.kernel import threadstat as procstat
 from cgshim.errors import CgroupNotFound, CgshimError
 from cgshim.kernel.mounts import resolve
+from tests.support.backends import v2_source
 
 pytestmark = pytest.mark.kernel
 
@@ -159,7 +160,7 @@ def _shared_reader_run(testbed, seconds, **reader_kwargs):
     reader = cgshim.Reader(**reader_kwargs)
 
     def run(i, cg, version, want):
-        source = "netlink" if version == 1 else "scan"
+        source = "netlink" if version == 1 else v2_source()
         while time.monotonic() < stop_at:
             try:
                 load = reader.cpu_load(cg)

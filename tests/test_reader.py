@@ -7,6 +7,7 @@ import pytest
 
 import cgshim
 from cgshim.errors import CgroupNotFound, CgshimError, NotACgroup
+from tests.support.backends import v2_source
 
 pytestmark = pytest.mark.kernel
 
@@ -51,7 +52,7 @@ def test_backend_per_hierarchy(reader, twin):
     v1, v2, _ = twin
     a, b = reader.cpu_load(v1), reader.cpu_load(v2)
     assert (a.cgroup_version, a.source, a.path) == (1, "netlink", v1)
-    assert (b.cgroup_version, b.source, b.path) == (2, "scan", v2)
+    assert (b.cgroup_version, b.source, b.path) == (2, v2_source(), v2)
     assert a.reason is None and b.reason is None
 
 
@@ -121,7 +122,7 @@ def test_deprecated_netlink_false_still_leaves_netlink_out(twin):
     with pytest.warns(DeprecationWarning, match="backends="):
         r = cgshim.Reader(netlink=False)
     with r:
-        assert r.backends == ("scan", "psi")
+        assert r.backends == ("bpf", "scan", "psi")
         a = r.cpu_load(v1)
     assert (a.source, a.reason) == ("scan", None)
     assert counts(a) == expected_proc_classes(*workers)
@@ -139,7 +140,7 @@ def test_name_only_in_v2_resolves_to_cgroup2(reader, testbed):
     v2 = testbed.cgroup(2)
     testbed.spawn(busy=True, cgroups=(v2,))
     load = reader.cpu_load("/" + os.path.basename(v2))
-    assert load.path == v2 and load.source == "scan" and load.nr_running == 1
+    assert load.path == v2 and load.source == v2_source() and load.nr_running == 1
 
 
 def test_pressure_from_v2_and_from_v1_twin(reader, testbed):
@@ -206,7 +207,7 @@ def test_get_cpu_load_module_default(testbed):
     v2 = testbed.cgroup(2)
     testbed.spawn(busy=True, cgroups=(v2,))
     load = cgshim.get_cpu_load(v2)
-    assert load.nr_running == 1 and load.source == "scan"
+    assert load.nr_running == 1 and load.source == v2_source()
 
 
 def test_pure_v2_host_simulated(testbed):
@@ -226,5 +227,5 @@ def test_pure_v2_host_simulated(testbed):
     assert proc.returncode == 0, proc.stderr
     mode, path, source, version, running, sleeping, has_psi = json.loads(proc.stdout)
     want = expected_proc_classes(w)
-    assert (mode, path, source, version) == ("unified", "/sys/fs/cgroup" + name, "scan", 2)
+    assert (mode, path, source, version) == ("unified", "/sys/fs/cgroup" + name, v2_source(), 2)
     assert (running, sleeping, has_psi) == (want["nr_running"], want["nr_sleeping"], True)

@@ -20,6 +20,7 @@ from cgshim.load import Sample
 from cgshim.model import CpuLoad
 from cgshim.kernel.psi import Pressure, PressureLine
 from cgshim.app.top import SORT_KEYS, Row, default_roots, format_table, rows_from_snapshot, sort_rows
+from tests.support.backends import v2_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, COLUMNS="200",
@@ -134,19 +135,19 @@ def test_plain_lines_when_not_a_terminal(busy_pair):
         assert header[0] == "CGROUP"
         rows = [dict(zip(header, line.split())) for line in lines[2:]]
         by_backend = {r["BACKEND"]: r for r in rows}
-        assert set(by_backend) == {"netlink", "scan"}
-        for backend in ("netlink", "scan"):
+        assert set(by_backend) == {"netlink", v2_source()}
+        for backend in ("netlink", v2_source()):
             r = by_backend[backend]
             assert r["RUN"] == "1" and r["LOAD"] == "1.00"
         assert by_backend["netlink"]["CGROUP"] == cgroup_name(v1)
-        assert by_backend["scan"]["CGROUP"] == cgroup_name(v2)
-        assert by_backend["scan"]["SLEEP"] == "1"
+        assert by_backend[v2_source()]["CGROUP"] == cgroup_name(v2)
+        assert by_backend[v2_source()]["SLEEP"] == "1"
         assert by_backend["netlink"]["EXACT"] == "-"  # CGROUPSTATS has no thread clocks
     # EXACT needs two refreshes: the spinner was runnable all the time between them
     exact = dict(zip(tables[1].splitlines()[1].split(),
-                     [l for l in tables[1].splitlines()[2:] if "scan" in l][0].split()))["EXACT"]
+                     [l for l in tables[1].splitlines()[2:] if v2_source() in l][0].split()))["EXACT"]
     assert dict(zip(tables[0].splitlines()[1].split(),
-                    [l for l in tables[0].splitlines()[2:] if "scan" in l][0].split()))["EXACT"] == "-"
+                    [l for l in tables[0].splitlines()[2:] if v2_source() in l][0].split()))["EXACT"] == "-"
     # (a wait in progress at either refresh shifts up to a scheduler wait, tens of ms on a
     # busy machine, across the 0.2 s between them)
     assert 0.5 <= float(exact) <= 1.5, exact
@@ -167,7 +168,7 @@ def test_json_lines_and_descendants(testbed):
         assert names == [cgroup_name(parent), cgroup_name(parent) + "/" + os.path.basename(child)]
         own, kid = doc["cgroups"]
         assert (own["running"], kid["running"]) == (0, 1)  # own tasks only, as the kernel counts
-        assert kid["load"] == 1.0 and kid["source"] == "scan" and kid["path"] == child
+        assert kid["load"] == 1.0 and kid["source"] == v2_source() and kid["path"] == child
     assert docs[0]["cgroups"][1]["exact"] is None
     assert 0.5 <= docs[1]["cgroups"][1]["exact"] <= 1.5  # one thread runnable all the time
 

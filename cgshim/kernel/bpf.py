@@ -34,8 +34,11 @@ import struct
 import threading
 import typing
 
+import attrs
+
 from cgshim import _native
 from cgshim.errors import BpfError, MalformedPass, PassFormatMismatch
+from cgshim.model import TaskCounts
 
 # bpf/records.h
 MAGIC = 0x50424D4948534743  # "CGSHIMBP" as a little-endian u64
@@ -84,6 +87,24 @@ class CgroupTasks(typing.NamedTuple):
         return self.nr[STATES.index(letter)]
 
 
+@attrs.frozen
+class BpfCounts(TaskCounts):
+    """A cgroup's counts from a pass: R, S, D, T as every backend's four counts
+    (``nr_io_wait`` None: in_iowait is not what /proc shows), the other letters apart, and
+    the sums of the threads' clocks (ns; the exact-load figures are built from them)."""
+
+    nr_traced: int = 0       #: t
+    nr_dead: int = 0         #: X
+    nr_zombie: int = 0       #: Z
+    nr_parked: int = 0       #: P
+    nr_idle: int = 0         #: I
+    sum_exec_runtime: int = 0
+    run_delay: int = 0
+
+
+_EMPTY = BpfCounts(0, 0, 0, 0, None)
+
+
 class Pass:
     """One pass: every cgroup with threads of its own, by cgroup id. A mapping id ->
     :class:`CgroupTasks`; ids of cgroups without threads are absent (they have none)."""
@@ -117,6 +138,14 @@ class Pass:
     def __getitem__(self, cgroup_id):
         r = self._raw[cgroup_id]
         return CgroupTasks(r[0], r[1], r[2], tuple(r[3:12]))
+
+    def task_counts(self, cgroup_id) -> BpfCounts:
+        """The cgroup's :class:`BpfCounts`; all zeros for a cgroup the pass has no record
+        of (one without threads of its own: only those send none)."""
+        r = self._raw.get(cgroup_id)
+        if r is None:
+            return _EMPTY
+        return BpfCounts(r[3], r[4], r[5], r[6], None, r[7], r[8], r[9], r[10], r[11], r[1], r[2])
 
     def raw(self, cgroup_id):
         """(id, runtime, run_delay, nR, nS, nD, nT, nt, nX, nZ, nP, nI, threads) or None:
@@ -375,6 +404,24 @@ class Source:
         mechs = [m for m in (MECH_CGROUP, MECH_TASK) if obj.has(m)]
         return cls("loaded by this process", obj.iter_fd, mechs, proc_root=proc_root, obj=obj)
 
+    @classmethod
+    def open(cls, pin_dir, cgroup_root, *, proc_root="/proc"):
+        """The pins in ``pin_dir`` when they are there and of this format, else links
+        loaded by this process. Raises BpfError saying why neither can be had."""
+        try:
+            return cls.pinned(pin_dir, proc_root=proc_root)
+        except PassFormatMismatch as exc:
+            pinned_why = str(exc)
+        except BpfError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            pinned_why = f"nothing pinned in {pin_dir}"
+        try:
+            return cls.loaded(cgroup_root, proc_root=proc_root)
+        except BpfError as exc:
+            raise BpfError(exc.errno, f"{pinned_why} (pin with `python -m cgshim bpf pin`), "
+                                      f"and this process cannot load its own: {exc}") from exc
+
     # -- reading -------------------------------------------------------------------------
     def read_pass(self) -> Pass:
         with self._lock:
@@ -484,9 +531,9 @@ class Loaded:
 
 # -- pin / unpin ---------------------------------------------------------------------------
 
-def bpffs_at(path, mountinfo="/proc/self/mountinfo"):
-    """The mount point of the bpffs that holds ``path`` (the deepest mount at or above it,
-    by /proc/self/mountinfo), or None when that mount is not a bpffs."""
+def mount_of(path, mountinfo="/proc/self/mountinfo"):
+    """The MountInfo of the mount that holds ``path`` (the deepest mount at or above it in
+    /proc/self/mountinfo; the last of those stacked on one mount point), or None."""
     from cgshim.kernel.mounts import parse_mountinfo
 
     with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
@@ -497,8 +544,14 @@ def bpffs_at(path, mountinfo="/proc/self/mountinfo"):
         mp = m.mount_point
         if path == mp or path.startswith(mp.rstrip("/") + "/"):
             if best is None or len(mp) >= len(best.mount_point):
-                best = m  # later lines of the same mount point are mounted over earlier ones
-    return best.mount_point if best is not None and best.fstype == "bpf" else None
+                best = m
+    return best
+
+
+def bpffs_at(path, mountinfo="/proc/self/mountinfo"):
+    """The mount point of the bpffs that holds ``path``, or None when it is not on one."""
+    m = mount_of(path, mountinfo)
+    return m.mount_point if m is not None and m.fstype == "bpf" else None
 
 
 def mount_bpffs(target):
