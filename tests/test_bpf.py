@@ -434,3 +434,108 @@ def test_cli_pin_off_bpffs_says_so():
         proc = cli("bpf", "pin", "--dir", os.path.join(d, "x"), "--no-mount")
         assert proc.returncode == 1
         assert "not on a bpffs" in proc.stderr and not os.path.exists(os.path.join(d, "x"))
+
+
+# -- through the Reader ------------------------------------------------------------------
+
+COUNTS = ("nr_running", "nr_sleeping", "nr_uninterruptible", "nr_stopped", "nr_io_wait")
+
+
+def reading(load):
+    return {k: getattr(load, k) for k in COUNTS}
+
+
+def test_reader_reads_the_pin_first_and_agrees_with_the_scan(testbed, pins):
+    import cgshim
+
+    cg = testbed.cgroup(2)
+    w = testbed.spawn(busy=True, pipe=1, futex=1, vfork=1, cgroups=[cg])
+    s = testbed.spawn(pipe=2, cgroups=[cg])
+    s.stop()
+    with cgshim.Reader(bpf_pin_dir=pins) as r, cgshim.Reader(backends=("scan",)) as scan:
+        a, b = r.cpu_load(cg), scan.cpu_load(cg)
+        assert r.backends[0] == "bpf"
+    assert (a.source, a.implementation, a.reason) == ("bpf", "native", None)
+    assert reading(a) == reading(b) == {"nr_running": 1, "nr_sleeping": 3, "nr_uninterruptible": 1,
+                                        "nr_stopped": 3, "nr_io_wait": None}
+    empty = testbed.cgroup(2, parent=cg)
+    with cgshim.Reader(bpf_pin_dir=pins) as r:
+        e = r.cpu_load(empty)
+        assert (e.source, e.nr_running, e.nr_sleeping) == ("bpf", 0, 0)
+        os.rmdir(empty)
+        with pytest.raises(cgshim.CgroupNotFound):
+            r.cpu_load(empty)
+
+
+def test_reader_forced_off_bpf(testbed, pins):
+    import cgshim
+
+    cg = testbed.cgroup(2)
+    testbed.spawn(pipe=2, cgroups=[cg])
+    with cgshim.Reader(backends=("scan", "psi"), bpf_pin_dir=pins) as r:
+        load = r.cpu_load(cg)
+    assert (load.source, load.reason, load.nr_sleeping) == ("scan", None, 3)
+    assert "bpf" not in r.implementations
+
+
+def test_reader_as_nobody_reads_the_pin(testbed, pins):
+    """Pin as root (the module fixture), read as uid 65534 with an empty capability set:
+    source "bpf", the same counts as root's scan."""
+    import cgshim
+
+    cg = testbed.cgroup(2)
+    testbed.spawn(busy=True, pipe=2, nanosleep=1, cgroups=[cg])
+    with cgshim.Reader(backends=("scan",)) as scan:
+        want = reading(scan.cpu_load(cg))
+    got = run_child(
+        "_drop_to_nobody()\n"
+        f"r = cgshim.Reader(bpf_pin_dir={pins!r})\n"
+        f"print(json.dumps(attempt(r.cpu_load, {cg!r})))\n")
+    load = got["ok"]
+    assert (load["source"], load["reason"]) == ("bpf", None)
+    assert {k: load[k] for k in COUNTS} == want
+
+
+def test_reader_as_nobody_without_pin_falls_back_with_the_reason(testbed, bpffs):
+    cg = testbed.cgroup(2)
+    testbed.spawn(pipe=1, cgroups=[cg])
+    got = run_child(
+        "_drop_to_nobody()\n"
+        f"r = cgshim.Reader(bpf_pin_dir={os.path.join(bpffs, 'none')!r})\n"
+        f"print(json.dumps(attempt(r.cpu_load, {cg!r})))\n")
+    load = got["ok"]
+    assert (load["source"], load["nr_sleeping"]) == ("scan", 2)
+    assert "nothing pinned" in load["reason"] and "CAP_BPF" in load["reason"]
+
+
+def test_reader_with_bpf_refused_by_seccomp_falls_back_with_the_reason(testbed, bpffs):
+    require_kernel(os.uname().machine == "x86_64", "the seccomp filter here is x86_64's")
+    cg = testbed.cgroup(2)
+    testbed.spawn(pipe=1, cgroups=[cg])
+    got = run_child(
+        _DENY_BPF + "_deny_bpf(errno.EPERM)\n"
+        f"r = cgshim.Reader(bpf_pin_dir={os.path.join(bpffs, 'none')!r})\n"
+        f"print(json.dumps(attempt(r.cpu_load, {cg!r})))\n")
+    load = got["ok"]
+    assert (load["source"], load["nr_sleeping"]) == ("scan", 2)
+    assert load["reason"].startswith("bpf unavailable") and "EPERM" in load["reason"]
+    assert "seccomp" in load["reason"]
+
+
+def test_reader_as_nobody_with_a_stale_pin_says_re_pin(testbed, bpffs):
+    cg = testbed.cgroup(2)
+    testbed.spawn(pipe=1, cgroups=[cg])
+    stale = os.path.join(bpffs, "stale-reader")
+    os.makedirs(stale, mode=0o755)
+    try:
+        paths = bpf.pin(stale, cgroup_root=v2_root())
+        for p in paths:
+            os.rename(p, p.replace(f"-v{bpf.FORMAT}", "-v0"))
+        got = run_child(
+            "_drop_to_nobody()\n"
+            f"r = cgshim.Reader(bpf_pin_dir={stale!r})\n"
+            f"print(json.dumps(attempt(r.cpu_load, {cg!r})))\n")
+    finally:
+        bpf.unpin(stale)
+    load = got["ok"]
+    assert load["source"] == "scan" and "re-pin" in load["reason"]
