@@ -247,7 +247,9 @@ def native_missing():
     if getattr(_native, "bpf", None) is not None:
         return None
     exc = _native.load_errors.get("bpf")
-    return f"cgshim was built without libbpf ({exc})" if exc else "cgshim was built without libbpf"
+    if isinstance(exc, ModuleNotFoundError) and exc.name == "cgshim._native._bpf":
+        return "cgshim was built without libbpf (no _bpf extension; install libbpf-dev and rebuild)"
+    return f"the _bpf extension does not load: {exc}" if exc else "cgshim was built without libbpf"
 
 
 def object_path():
