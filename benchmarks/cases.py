@@ -622,3 +622,12 @@ def exporter(ctx, root):
 
 CASES = [("v1 netlink", case_v1), ("taskstats", case_taskstats), ("v2 scan", case_scan),
          ("sweep + resources", case_sweep), ("sweep at 30k threads", case_big_sweep)]
+
+
+def case_bpf(ctx):
+    from .bpf_case import case_bpf as run
+
+    run(ctx)
+
+
+CASES.append(("bpf", case_bpf))

@@ -46,3 +46,8 @@ int64_t fl_orc(int procfd, const int *tids, int ntids, int n);
  * held cpu.pressure fd psi_fds[i] (skipped if < 0). */
 int64_t fl_scan(int ncg, char **lists, const int *psi_fds, const int *nfds,
                 const int *fds, int n);
+
+/* n times: open(path) of a pinned cgshim BPF iterator (a new pass) + read to EOF
+ * in reads of 64 KiB into buf (cap bytes; E2BIG if the pass is longer) + close:
+ * the kernel's whole pass, nothing parsed. */
+int64_t fl_bpf_pass(const char *path, uint8_t *buf, size_t cap, int n);

@@ -119,3 +119,10 @@ class Floors:
         self._keep += [names, lists]
         ncg = len(cgroups)
         return lambda n: _check(self.lib.fl_scan(ncg, lists, psi, counts, fds, n), "scan")
+
+    def bpf_pass(self, path, cap=64 << 20):
+        """n passes of the pinned iterator at ``path``: open + read to EOF + close."""
+        cpath = self.ffi.new("char[]", os.fsencode(path))
+        buf = self.ffi.new("uint8_t[]", cap)
+        self._keep += [cpath, buf]
+        return lambda n: _check(self.lib.fl_bpf_pass(cpath, buf, cap, n), "bpf pass")

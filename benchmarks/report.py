@@ -16,6 +16,7 @@ _FLOOR_TAGS = {
     c.F_CGS: "held fd",
     c.F_SWEEP_V1: "CGROUPSTATS",
     c.F_SWEEP_V2: "scan",
+    "floor: raw pass (C: open+read+close)": "raw pass",
 }
 
 
@@ -180,7 +181,36 @@ def targets(results, plan):
             f"{sweep['calls']:,} calls, {sweep['fds_min']}..{sweep['fds_max']} during them "
             f"(scanner cache cap {sweep['max_fds']}; {sweep['fds_start']} fds before the "
             f"Reader, {sweep['fds_after_close']} after close)")
+    _bpf_targets(R, plan, add)
     return out
+
+
+def _bpf_targets(R, plan, add):
+    from . import bpf_case as b
+
+    ncg, per = b.sizes(plan)[0]
+    sec = f"6. bpf at {ncg}x{per}"
+    note = "" if not plan.quick else f" [quick size {ncg}x{per}, target is 200x50]"
+    row, floor = R.row(sec, b.BPF_SWEEP), R.row(sec, b.F_PASS)
+    texts = ("v2 bpf node sweep 200x50 <= 3 ms", "v2 bpf node sweep >= 15x faster than the scan sweep",
+             "v2 bpf node sweep <= 1.3x the raw pass from C")
+    if row is None:
+        for t in texts:
+            add(t, None, "case did not run")
+        return
+    faster = R.ratio(sec, b.SCAN_SWEEP, b.BPF_SWEEP)
+    x = R.ratio(sec, b.BPF_SWEEP, b.F_PASS)
+    add(texts[0], row.median_ns <= 3 * c.MS, f"{row.median_ns / c.MS:.2f} ms{note}")
+    add(texts[1], faster >= 15, f"{faster:.1f}x (scan {R.row(sec, b.SCAN_SWEEP).median_ns / c.MS:.2f} ms){note}")
+    add(texts[2], x <= 1.3, f"{x:.2f}x (floor {floor.median_ns / c.MS:.2f} ms){note}")
+    sizes = b.sizes(plan)
+    if len(sizes) > 1:
+        big = R.row(f"6. bpf at {sizes[1][0]}x{sizes[1][1]}", b.BPF_SWEEP)
+        if big is not None:
+            lin = big.per_thread_ns / row.per_thread_ns
+            add(f"v2 bpf sweep linear to {sizes[1][0] * sizes[1][1]:,} threads (per-thread cost "
+                f"<= 1.3x that at {ncg * per:,})", lin <= 1.3,
+                f"{lin:.2f}x ({big.per_thread_ns:.0f} vs {row.per_thread_ns:.0f} ns/thread)")
 
 
 def targets_text(items, results):
