@@ -591,10 +591,17 @@ class _Bpf(_Backend):
             return self._source
 
     def counts(self, target):
+        return self.counts_in(self.read_pass(), target)
+
+    def read_pass(self):
+        """One fresh pass (a node sweep reads one and calls counts_in for each cgroup)."""
         try:
-            p = self._get_source().read_pass()
+            return self._get_source().read_pass()
         except BpfError as exc:
             raise _PassOver(f"bpf: {exc}", exc) from exc
+
+    def counts_in(self, p, target):
+        """The target's counts in pass ``p`` (zeros: no threads of its own)."""
         path = target.resolved.path
         try:
             st = os.stat(path)  # after the pass: a cgroup removed meanwhile is not "empty"
