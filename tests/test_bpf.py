@@ -539,3 +539,25 @@ def test_reader_as_nobody_with_a_stale_pin_says_re_pin(testbed, bpffs):
         bpf.unpin(stale)
     load = got["ok"]
     assert load["source"] == "scan" and "re-pin" in load["reason"]
+
+
+def test_sweep_reads_one_pass_for_every_cgroup(testbed, pins):
+    import cgshim
+
+    top = testbed.cgroup(2)
+    kids = [testbed.cgroup(2, parent=top) for _ in range(5)]
+    testbed.spawn(busy=True, pipe=1, cgroups=[kids[0]])
+    testbed.spawn(vfork=1, cgroups=[kids[1]]).stop()
+    with cgshim.Reader(bpf_pin_dir=pins) as r, cgshim.Reader(backends=("scan",)) as scan:
+        backend = r._backends["bpf"]
+        backend.read_pass()  # opens the pinned Source
+        calls = []
+        real = backend._source.read_pass
+        backend._source.read_pass = lambda: calls.append(1) or real()
+        swept = r.sweep([top])
+        assert len(calls) == 1 and not swept.errors
+        assert set(swept) == {top, *kids}
+        for path, load in swept.items():
+            assert load.source == "bpf"
+            assert reading(load) == reading(scan.cpu_load(path)), path
+        assert swept[kids[0]].nr_running == 1 and swept[kids[1]].nr_uninterruptible == 1

@@ -359,13 +359,14 @@ def test_load_backends_option(busy_pair):
         ("scan", "native", None, 1)
     assert_clean_failure(cli("load", "--backends", "netlink", v2), 1)
     usage = cli("load", "--backends", "scan,bogus", v2)
-    assert usage.returncode == 2 and "want distinct names out of netlink" in usage.stderr
+    assert usage.returncode == 2 and "want distinct names out of bpf,netlink" in usage.stderr
 
 
 @pytest.mark.kernel
 def test_load_table_notes_a_reading_without_the_c_core(busy_pair):
     v1, v2, _ = busy_pair
     code = ("import sys\nsys.modules['cgshim._native._procscan'] = None\n"
+            "sys.modules['cgshim._native._bpf'] = None\n"
             "from cgshim.app.cli import main\nsys.exit(main(['load', sys.argv[1]]))\n")
     proc = subprocess.run([sys.executable, "-c", code, v2], cwd=REPO, capture_output=True,
                           text=True, timeout=60)

@@ -19,6 +19,7 @@ import cgshim
 from cgshim.errors import CgroupNotFound
 from cgshim.load import Sampler
 from tests.support import testbed as _testbed
+from tests.support.backends import v2_source
 
 pytestmark = pytest.mark.kernel
 
@@ -76,7 +77,7 @@ def test_sweep_equals_cpu_load_v1_and_v2(trees, recursive):
         assert swept.duration > 0 and swept.timestamp <= time.monotonic()
         for path, reading in swept.items():
             assert same_reading(reading, reader.cpu_load(path, recursive=recursive)), path
-            assert reading.source == ("netlink" if reading.cgroup_version == 1 else "scan")
+            assert reading.source == ("netlink" if reading.cgroup_version == 1 else v2_source())
         for v in (1, 2):
             top, kids, grand = out[v]
             assert swept[kids[1]].nr_running == 1 and swept[kids[2]].nr_stopped == 3
@@ -254,7 +255,7 @@ def test_fd_cache_holds_10k_threads_without_thrashing(testbed):
         # The stat-file cache alone: with exact load each thread has a second file
         # (schedstat), and 20,000 of them do not fit this VM's hard nofile of 20,000 (that
         # Reader warns and reopens the rest; docs/exact-load.md).
-        with cgshim.Reader(runnable=False) as reader:
+        with cgshim.Reader(runnable=False, backends=("scan", "psi")) as reader:  # the scan's cache
             scanner = reader._backends["scan"].scanner
             for _ in range(2):
                 swept = reader.sweep([top])
@@ -274,7 +275,7 @@ _SMALL_LIMIT = r"""
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, (512, 1024))
 import cgshim
-with cgshim.Reader() as reader:
+with cgshim.Reader(backends=("scan", "psi")) as reader:
     scanner = reader._backends["scan"].scanner
     for _ in range(3):
         swept = reader.sweep([sys.argv[1]])
