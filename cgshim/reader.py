@@ -627,7 +627,11 @@ class _Bpf(_Backend):
         if p.root > 1 and p.root != os.stat(self._v2_root).st_ino:
             raise _PassOver(f"bpf: the pass covers only cgroup {p.root} and below, not all "
                             f"of {self._v2_root}")
-        return p.task_counts(st.st_ino)
+        counts = p.task_counts(st.st_ino)
+        if self.reader._runnable is not None:  # exact load from the pass's per-cgroup sums
+            self.reader._account_sums(target, (st.st_dev, st.st_ino),
+                                      counts.sum_exec_runtime, counts.run_delay)
+        return counts
 
     @classmethod
     def probe(cls, hier, proc_root):

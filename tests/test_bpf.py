@@ -561,3 +561,20 @@ def test_sweep_reads_one_pass_for_every_cgroup(testbed, pins):
             assert load.source == "bpf"
             assert reading(load) == reading(scan.cpu_load(path)), path
         assert swept[kids[0]].nr_running == 1 and swept[kids[1]].nr_uninterruptible == 1
+
+
+def test_exact_load_from_the_pass_sums(testbed, pins):
+    """A spinner alone in its cgroup: runnable_seconds from the bpf pass's sums grow by the
+    wall time between two readings (it is always running or waiting), as from the scan."""
+    import cgshim
+
+    cg = testbed.cgroup(2)
+    testbed.spawn(busy=True, cgroups=[cg])
+    with cgshim.Reader(bpf_pin_dir=pins) as r:
+        a = r.cpu_load(cg)
+        time.sleep(0.5)
+        b = r.cpu_load(cg)
+    assert a.source == b.source == "bpf"
+    assert a.runnable_seconds == 0 and b.runqueue_seconds >= 0
+    rate = (b.runnable_seconds - a.runnable_seconds) / (b.timestamp - a.timestamp)
+    assert 0.8 <= rate <= 1.2, rate  # a wait in progress is credited late (docs/exact-load.md)
