@@ -40,7 +40,9 @@ class _CgroupClocks:
 
 @pytest.fixture
 def clocks():
-    with cgshim.Reader() as reader:
+    # the scan by name: these tests are about per-thread accounting (exits, migration, reused
+    # tids); the bpf pass gives per-cgroup sums (docs/bpf.md, tests/test_bpf.py)
+    with cgshim.Reader(backends=("scan", "psi")) as reader:
         yield _CgroupClocks(reader)
 
 

@@ -72,6 +72,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import attrs
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -660,6 +661,12 @@ def serve(listen=DEFAULT_LISTEN, interval=1.0, roots=None, *, stop=None, runtime
             raise
         try:
             exporter.start()
+            # Serve once the first tick is in (bounded): the first scrape then has every
+            # series, also when that tick is slow (the bpf backend loads its program on it).
+            deadline = time.monotonic() + max(10.0, 2 * exporter.interval)
+            while not exporter.ready() and exporter.sampler_exception is None \
+                    and time.monotonic() < deadline:
+                time.sleep(0.01)
             server.start()
             host, port = server.server_address[:2]
             shown = f"[{host}]" if ":" in host else host
