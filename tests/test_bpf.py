@@ -578,3 +578,27 @@ def test_exact_load_from_the_pass_sums(testbed, pins):
     assert a.runnable_seconds == 0 and b.runqueue_seconds >= 0
     rate = (b.runnable_seconds - a.runnable_seconds) / (b.timestamp - a.timestamp)
     assert 0.8 <= rate <= 1.2, rate  # a wait in progress is credited late (docs/exact-load.md)
+
+
+def test_exact_load_bpf_and_scan_agree(testbed, pins):
+    """Issue 12: the same cgroup read alternately by the bpf pass's sums and by the scan's
+    per-thread clocks (stable threads): the cumulative counters grow by the same amounts,
+    within the skew of reading one after the other."""
+    import cgshim
+
+    cg = testbed.cgroup(2)
+    testbed.spawn(busy=True, pipe=2, cgroups=[cg])
+    testbed.spawn(busy=True, cgroups=[cg])
+    with cgshim.Reader(bpf_pin_dir=pins) as b, cgshim.Reader(backends=("scan",)) as s:
+        first = (b.cpu_load(cg), s.cpu_load(cg))
+        time.sleep(1.0)
+        last = (b.cpu_load(cg), s.cpu_load(cg))
+    assert [r.source for r in first + last] == ["bpf", "scan"] * 2
+    # two threads runnable all the time: each second of skew between the two reads moves
+    # up to 2 s of runnable time; plus a wait in progress credited late (tens of ms each)
+    skew = abs((last[1].timestamp - last[0].timestamp) - (first[1].timestamp - first[0].timestamp))
+    for field in ("runnable_seconds", "runqueue_seconds"):
+        d_bpf = getattr(last[0], field) - getattr(first[0], field)
+        d_scan = getattr(last[1], field) - getattr(first[1], field)
+        assert abs(d_bpf - d_scan) <= 2 * skew + 0.1, (field, d_bpf, d_scan, skew)
+    assert last[0].runnable_seconds - first[0].runnable_seconds >= 1.0
