@@ -196,7 +196,8 @@ def test_probe_json_schema_and_facts():
     check_kinds(r["kernel"], {"release": str, "version": str, "machine": str})
     assert r["kernel"]["release"] == os.uname().release
 
-    check_kinds(r["cgroup"], {"ok": bool, "mode": str, "mounts": list, "error": type(None)})
+    check_kinds(r["cgroup"], {"ok": bool, "mode": str, "mounts": list, "skipped_lines": int,
+                              "error": type(None)})
     assert r["cgroup"]["mode"] == mode_from_mountinfo() == "hybrid"
     for m in r["cgroup"]["mounts"]:
         check_kinds(m, {"version": int, "mount_point": str, "root": str, "controllers": list})

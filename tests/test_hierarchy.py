@@ -6,8 +6,9 @@ import os
 import subprocess
 import sys
 
+import attrs
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from cgshim.errors import CgroupNotFound, NotACgroup, ParseError, Unsupported
@@ -80,7 +81,6 @@ def test_parse_non_utf8_mount_point_survives_as_surrogates():
 
 
 @pytest.mark.parametrize("text", [
-    "garbage\n",
     "40 31 0:37 / /x rw cgroup cgroup rw\n",               # no " - "
     "40 31 0:37 / /x rw - cgroup cgroup\n",                # super options missing
     "40 31 0:37 / /x rw - cgroup cgroup rw extra\n",       # too many after " - "
@@ -89,11 +89,14 @@ def test_parse_non_utf8_mount_point_survives_as_surrogates():
     "40 31 0:-3 / /x rw - cgroup cgroup rw\n",
     "40 31 0:37 / /x - cgroup cgroup rw\n",                # too few before " - "
     "40 31 0:37  /x rw - cgroup cgroup rw\n",              # empty root
-    UNIFIED + "truncated 1 0:\n",
+    "40 31 0:37 / /x rw - cgroup2 cgroup2 rw,nsdelegate x\n",  # cgroup super options never hold a space
+    UNIFIED + "truncated 1 0:37 / /sys/fs/cgroup/x rw - cgroup2\n",
 ])
-def test_parse_garbage(text):
+def test_unreadable_cgroup_line_fails(text):
     with pytest.raises(ParseError):
         parse_mountinfo(text)
+
+
 
 
 def _escape(s):
@@ -150,6 +153,67 @@ def test_parse_never_crashes(text):
         parse_mountinfo(text)
     except ParseError:
         pass
+
+
+# Lines seen on real hosts outside proc.rst's grammar: older cifs printed its prefixpath=
+# (and other options) with raw spaces in the super options; plus plain garbage.
+CIFS_RAW_SPACES = ("120 27 0:55 / /mnt/share rw,relatime shared:60 - cifs //srv/My\\040Share "
+                   "rw,vers=1.0,prefixpath=My Documents/Q3 Plans,uid=0,noperm")
+NOT_MOUNTINFO = ["garbage", "1 2 3", "x 31 0:37 / /x rw - tmpfs tmpfs rw",
+                 "41 31 0:38 / /mnt rw - fuse"]
+
+
+def test_odd_line_of_another_filesystem_is_parsed_or_skipped():
+    text = HYBRID + CIFS_RAW_SPACES + "\n" + "\n".join(NOT_MOUNTINFO) + "\n"
+    skipped = []
+    mounts = parse_mountinfo(text, skipped=skipped)
+    assert [lineno for lineno, _ in skipped] == [10, 11, 12, 13]
+    cifs = mounts[-1]
+    assert (cifs.fstype, cifs.mount_point, cifs.source) == ("cifs", "/mnt/share", "//srv/My Share")
+    # the super options are the rest of the line, raw spaces and all
+    assert cifs.super_options == ("rw", "vers=1.0", "prefixpath=My Documents/Q3 Plans", "uid=0",
+                                  "noperm")
+    h = _hierarchy_from(mounts, len(skipped))
+    assert (h.mode, h.skipped_lines) == ("hybrid", 4)
+    assert h == attrs.evolve(_h(HYBRID), skipped_lines=4)
+
+
+def test_hierarchy_reads_a_file_with_odd_lines(tmp_path):
+    f = tmp_path / "mountinfo"
+    f.write_text(CIFS_RAW_SPACES + "\n" + LEGACY + "garbage\n")
+    h = hierarchy(str(f))
+    assert (h.mode, h.skipped_lines) == ("legacy", 1)
+    assert h.v1_mount("cpu").mount_point == "/sys/fs/cgroup/cpu"
+
+
+_junk_char = st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\0")
+
+
+@st.composite
+def _junk_line(draw):
+    """A line no cgroup mount could be: free text, or a well-formed line of another
+    filesystem whose super options hold raw spaces."""
+    if draw(st.booleans()):
+        text = draw(st.text(_junk_char, min_size=1, max_size=60))
+        assume(not {"cgroup", "cgroup2"} & set(text.split(" ")))
+        return text
+    f, line = draw(_mount_line())
+    assume(f["fstype"] not in ("cgroup", "cgroup2"))
+    return line + " " + draw(st.text(_junk_char.filter(lambda c: c != " "), min_size=1, max_size=10))
+
+
+@given(st.lists(_mount_line(), max_size=6), st.lists(st.tuples(st.integers(0, 6), _junk_line()),
+                                                     max_size=4))
+@settings(deadline=None)
+def test_junk_lines_never_change_the_cgroup_mounts(items, junk):
+    lines = [line for _, line in items]
+    for pos, j in sorted(junk, reverse=True):
+        lines.insert(min(pos, len(lines)), j)
+    skipped = []
+    parsed = parse_mountinfo("".join(line + "\n" for line in lines), skipped=skipped)
+    cgroups = [attrs_dict(m) for m in parsed if m.fstype in ("cgroup", "cgroup2")]
+    assert cgroups == [f for f, _ in items if f["fstype"] in ("cgroup", "cgroup2")]
+    assert len(parsed) + len(skipped) == len(lines)
 
 
 # ---------------------------------------------------------------- mode detection
@@ -322,6 +386,39 @@ with Testbed() as bed:
     assert (path, version, name) == (d, 2, "/" + os.path.basename(d))
     # the namespace's cgroup2 is the host's: the test bed removed its cgroup there too
     assert not os.path.exists(os.path.join(testbed.root(2), os.path.basename(d)))
+
+
+@pytest.mark.kernel
+def test_odd_mountinfo_line_on_the_real_host(testbed, tmp_path):
+    """The whole public path on the real kernel with one odd line in /proc/self/mountinfo:
+    a child in a private mount namespace sees the host's mountinfo plus a cifs line with raw
+    spaces (a bind mount over its own /proc/<pid>/mountinfo, then exec keeps the pid), and
+    cgshim.hierarchy(), Reader() and get_cpu_load still answer for real cgroups."""
+    v1 = testbed.cgroup(1)
+    v2 = testbed.cgroup(2)
+    testbed.spawn(busy=True, cgroups=(v1, v2))
+    fake = tmp_path / "mountinfo"
+    code = f"""
+import json, cgshim
+h = cgshim.hierarchy()
+with cgshim.Reader() as r:
+    a = r.cpu_load({v1!r})
+b = cgshim.get_cpu_load({v2!r})
+from cgshim.app.cli import probe
+p = probe()
+print(json.dumps([h.mode, h.skipped_lines, a.source, a.nr_running, b.source, b.nr_running,
+                  p["cgroup"]["skipped_lines"], p["readings"] > 0]))
+"""
+    script = ('cat /proc/$$/mountinfo > "$2" && printf "%s\\n%s\\n" "$3" garbage >> "$2" && '
+              'mount --bind "$2" /proc/$$/mountinfo && exec "$0" -c "$1"')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, TESTS]))
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, sys.executable, code,
+         str(fake), CIFS_RAW_SPACES], env=env, cwd=REPO, capture_output=True, text=True,
+        timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert CIFS_RAW_SPACES in fake.read_text()
+    assert json.loads(proc.stdout) == ["hybrid", 1, "netlink", 1, "scan", 1, 1, True]
 
 
 @pytest.mark.kernel

@@ -20,7 +20,7 @@ errors are in the output, and the status says whether anything failed.
 JSON (``--json``), stable keys:
 
 - probe: ``kernel`` {release, version, machine}; ``cgroup`` {ok, mode, mounts: [{version,
-  mount_point, root, controllers}], error}; ``taskstats_family`` {ok, id, errno, error};
+  mount_point, root, controllers}], skipped_lines (mountinfo lines left out), error}; ``taskstats_family`` {ok, id, errno, error};
   ``taskstats_pid`` {ok, pid, version, payload_size, errno, error}; ``psi`` {ok, path, cpu:
   PRESSURE|null, error}; ``backends``: [{name, available, implementation ("native" |
   "python" | "pyroute2" | null), reason (why not, or why not the C core), cgroup_versions}]
@@ -153,12 +153,12 @@ def probe() -> dict:
 
         hier = hierarchy()
         result["cgroup"] = {
-            "ok": True, "mode": hier.mode, "error": None,
+            "ok": True, "mode": hier.mode, "error": None, "skipped_lines": hier.skipped_lines,
             "mounts": [{"version": m.version, "mount_point": m.mount_point, "root": m.root,
                         "controllers": list(m.controllers)} for m in hier.mounts],
         }
     except Exception as exc:  # noqa: BLE001 -- the probe reports, never dies
-        result["cgroup"] = {"ok": False, "mode": None, "mounts": [],
+        result["cgroup"] = {"ok": False, "mode": None, "mounts": [], "skipped_lines": None,
                             "error": _error_fields(exc)["error"]}
 
     fam = {"ok": False, "id": None, "errno": None, "error": None}
@@ -283,6 +283,9 @@ def print_probe(r, out):
         for m in cg["mounts"]:
             what = ",".join(m["controllers"]) if m["version"] == 1 else "cgroup2"
             w(f"  v{m['version']} {m['mount_point']}  (root {m['root']}; {what})\n")
+        if cg["skipped_lines"]:
+            w(f"  {cg['skipped_lines']} mountinfo line(s) skipped: outside the documented "
+              "grammar, and no cgroup mount\n")
     else:
         w(f"cgroup mode:       unknown: {cg['error']}\n")
     fam = r["taskstats_family"]

@@ -76,13 +76,15 @@ class Hierarchy:
     ``mode``: "unified" (cgroup2 only), "hybrid" (v1 controllers and a cgroup2 mount),
     "legacy" (v1 controllers only). ``v1`` holds one Mount per v1 hierarchy, ``v2`` the
     cgroup2 mount; ``mounts`` every visible cgroup mount, duplicates included (a path under
-    any of them resolves).
+    any of them resolves). ``skipped_lines``: mountinfo lines left out because they are not
+    in the documented grammar and are no cgroup mount (see :func:`parse_mountinfo`).
     """
 
     mode: str
     v1: tuple
     v2: Mount | None
     mounts: tuple = ()
+    skipped_lines: int = 0
 
     def v1_mount(self, controller: str) -> Mount | None:
         """The v1 hierarchy carrying ``controller`` ("cpu", "memory", "name=systemd"), or None."""
@@ -122,8 +124,61 @@ def _split_options(field: str) -> tuple:
     return tuple(_unescape(o) for o in field.split(",") if o)
 
 
-def parse_mountinfo(text: str) -> list[MountInfo]:
-    """Parse the text of /proc/<pid>/mountinfo; garbage lines raise ParseError.
+_CGROUP_FSTYPES = ("cgroup", "cgroup2")
+
+
+def _parse_line(line: str, lineno: int) -> MountInfo:
+    """One mountinfo line (show_mountinfo) or ParseError.
+
+    The super options are the rest of the line after fstype and source: show_mountinfo
+    escapes root, mount point and source (seq_escape / mangle), but a filesystem's
+    ->show_options prints what it likes, and some printed raw spaces (older cifs
+    cifs_show_options, prefixpath= and the like). cgroup1_show_options escapes everything
+    it prints (seq_show_option), so a cgroup line never has more than three fields after
+    " - ": the caller refuses one that does.
+    """
+    fields = line.split(" ")
+    try:
+        sep = fields.index("-", 6)
+    except ValueError:
+        raise ParseError(f"mountinfo line {lineno}: no ' - ' separator: {line[:200]!r}") from None
+    after = fields[sep + 1:]
+    if len(after) < 3:
+        raise ParseError(f"mountinfo line {lineno}: want fstype, source and super options "
+                         f"after ' - ', got {after!r}")
+    try:
+        mount_id, parent_id = int(fields[0]), int(fields[1])
+        major_s, minor_s = fields[2].split(":")
+        major, minor = int(major_s), int(minor_s)
+    except ValueError:
+        raise ParseError(f"mountinfo line {lineno}: bad ids or major:minor: {line[:200]!r}") from None
+    if not (fields[0].isdigit() and fields[1].isdigit() and major_s.isdigit() and minor_s.isdigit()):
+        raise ParseError(f"mountinfo line {lineno}: bad ids or major:minor: {line[:200]!r}")
+    if not fields[3] or not fields[4] or not after[0]:
+        raise ParseError(f"mountinfo line {lineno}: empty root, mount point or fstype: "
+                         f"{line[:200]!r}")
+    fstype = _unescape(after[0])
+    if fstype in _CGROUP_FSTYPES and len(after) != 3:
+        raise ParseError(f"mountinfo line {lineno}: a {fstype} mount with "
+                         f"{len(after) - 2} super option fields (cgroup1_show_options escapes "
+                         f"spaces, so there is one): {line[:200]!r}")
+    return MountInfo(
+        mount_id=mount_id, parent_id=parent_id, major=major, minor=minor,
+        root=_unescape(fields[3]), mount_point=_unescape(fields[4]),
+        options=_split_options(fields[5]), optional_fields=tuple(fields[6:sep]),
+        fstype=fstype, source=_unescape(after[1]),
+        super_options=_split_options(" ".join(after[2:])),
+    )
+
+
+def parse_mountinfo(text: str, *, skipped: list | None = None) -> list[MountInfo]:
+    """Parse the text of /proc/<pid>/mountinfo, tolerating lines outside the grammar.
+
+    A line that does not follow proc.rst's grammar is left out, and ``(lineno, reason)`` is
+    appended to ``skipped`` (a list, when given), unless it may be a cgroup mount (its
+    fstype, or any of its fields, is "cgroup" or "cgroup2"): then ParseError, since a
+    cgroup mount that cannot be read would make every answer about this host wrong. One
+    odd line of an unrelated filesystem (see :func:`_parse_line`) does not break the host.
 
     Non-UTF-8 bytes should arrive surrogate-escaped (os.fsdecode); they stay so in the result.
     """
@@ -131,31 +186,13 @@ def parse_mountinfo(text: str) -> list[MountInfo]:
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line:
             continue
-        fields = line.split(" ")
         try:
-            sep = fields.index("-", 6)
-        except ValueError:
-            raise ParseError(f"mountinfo line {lineno}: no ' - ' separator: {line!r}") from None
-        if len(fields) - sep - 1 != 3:
-            raise ParseError(f"mountinfo line {lineno}: want fstype, source and super options "
-                             f"after ' - ', got {fields[sep + 1:]!r}")
-        try:
-            mount_id, parent_id = int(fields[0]), int(fields[1])
-            major_s, minor_s = fields[2].split(":")
-            major, minor = int(major_s), int(minor_s)
-        except ValueError:
-            raise ParseError(f"mountinfo line {lineno}: bad ids or major:minor: {line!r}") from None
-        if not (fields[0].isdigit() and fields[1].isdigit() and major_s.isdigit() and minor_s.isdigit()):
-            raise ParseError(f"mountinfo line {lineno}: bad ids or major:minor: {line!r}")
-        if not fields[3] or not fields[4] or not fields[sep + 1]:
-            raise ParseError(f"mountinfo line {lineno}: empty root, mount point or fstype: {line!r}")
-        out.append(MountInfo(
-            mount_id=mount_id, parent_id=parent_id, major=major, minor=minor,
-            root=_unescape(fields[3]), mount_point=_unescape(fields[4]),
-            options=_split_options(fields[5]), optional_fields=tuple(fields[6:sep]),
-            fstype=_unescape(fields[sep + 1]), source=_unescape(fields[sep + 2]),
-            super_options=_split_options(fields[sep + 3]),
-        ))
+            out.append(_parse_line(line, lineno))
+        except ParseError as exc:
+            if any(f in _CGROUP_FSTYPES for f in line.split(" ")):
+                raise
+            if skipped is not None:
+                skipped.append((lineno, str(exc)))
     return out
 
 
@@ -225,7 +262,7 @@ def _prefer(mounts: list[Mount]) -> Mount:
     return min(enumerate(mounts), key=lambda im: (im[1].root != "/", len(_components(im[1].root)), im[0]))[1]
 
 
-def _hierarchy_from(mounts: list[MountInfo]) -> Hierarchy:
+def _hierarchy_from(mounts: list[MountInfo], skipped_lines: int = 0) -> Hierarchy:
     """Pure: the cgroup layout described by parsed mountinfo.
 
     systemd (src/basic/cgroup-util.c cg_unified_cached) statfs()es fixed paths: cgroup2 on
@@ -255,7 +292,7 @@ def _hierarchy_from(mounts: list[MountInfo]) -> Hierarchy:
     else:
         raise Unsupported("no cgroup controller is mounted (no cgroup2 and no v1 controller "
                           "hierarchy in mountinfo); mount cgroup2 at /sys/fs/cgroup")
-    return Hierarchy(mode=mode, v1=v1, v2=v2, mounts=tuple(cg))
+    return Hierarchy(mode=mode, v1=v1, v2=v2, mounts=tuple(cg), skipped_lines=skipped_lines)
 
 
 def hierarchy(mountinfo: str = MOUNTINFO) -> Hierarchy:
@@ -265,7 +302,9 @@ def hierarchy(mountinfo: str = MOUNTINFO) -> Hierarchy:
             data = f.read()
     except OSError as exc:
         raise translate(exc, mountinfo, hint="is /proc mounted?") from None
-    return _hierarchy_from(parse_mountinfo(os.fsdecode(data)))
+    skipped: list = []
+    mounts = parse_mountinfo(os.fsdecode(data), skipped=skipped)
+    return _hierarchy_from(mounts, len(skipped))
 
 
 # --------------------------------------------------------------------------- resolution
