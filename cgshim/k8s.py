@@ -13,8 +13,14 @@ levels and the ``pod<uid>`` pod level) and the runtimes that create the containe
   (``a-b-c.slice`` -> ``a.slice/a-b.slice/a-b-c.slice``, runc libcontainer ``ExpandSlice``);
   containers are ``<prefix>-<id>.scope`` with prefix ``cri-containerd``, ``crio`` or ``docker``.
 
-Names here are cgroup-relative: no leading ``/``, so ``os.path.join(mount_point, name)`` is the
-cgroup's directory. Parsing tolerates a leading and a trailing ``/``.
+:func:`pod_cgroup` and :func:`container_cgroup` return cgroup names as kubelet writes them
+(``CgroupName.ToCgroupfs`` returns ``"/" + path.Join(...)``; ``ToSystemd`` the expanded slice path,
+also with its leading ``/``) and as cAdvisor labels them: absolute within the hierarchy, the form
+:func:`cgshim.get_cpu_load` and :meth:`cgshim.Reader.cpu_load` take. The cgroup's directory is
+``os.path.join(mount_point, name.lstrip("/"))`` for a mount whose root is ``/``.
+:func:`parse_cgroup` takes a name with or without the leading ``/`` (and a trailing one), as
+/proc/<pid>/cgroup and a walk relative to a root give them. :func:`discover` returns names
+relative to the root it walked.
 """
 import os
 import re
@@ -85,7 +91,7 @@ def _check_container_id(container_id):
 
 
 def pod_cgroup(pod_uid, qos, *, driver):
-    """The cgroup-relative name kubelet gives the pod with ``pod_uid`` in QoS class ``qos``.
+    """The cgroup name (leading ``/``) kubelet gives the pod with ``pod_uid`` in QoS class ``qos``.
 
     ``qos``: guaranteed | burstable | besteffort; ``driver``: systemd | cgroupfs.
     ValueError for an unknown qos or driver or a malformed uid.
@@ -96,14 +102,14 @@ def pod_cgroup(pod_uid, qos, *, driver):
     levels = ["kubepods"] if qos == "guaranteed" else ["kubepods", qos]
     levels.append("pod" + pod_uid)
     if driver == "cgroupfs":
-        return "/".join(levels)
+        return "/" + "/".join(levels)
     # systemd: escape "-" inside each level, join levels with "-", expand the slice.
     escaped = [level.replace("-", "_") for level in levels]
-    return "/".join("-".join(escaped[: i + 1]) + ".slice" for i in range(len(escaped)))
+    return "/" + "/".join("-".join(escaped[: i + 1]) + ".slice" for i in range(len(escaped)))
 
 
 def container_cgroup(pod_uid, qos, container_id, *, driver, runtime="containerd"):
-    """The cgroup-relative name of a container of that pod, as ``runtime`` creates it.
+    """The cgroup name (leading ``/``) of a container of that pod, as ``runtime`` creates it.
 
     ``container_id`` is the 64-hex id (without ``containerd://``); ``runtime``: containerd |
     crio | docker. ValueError for anything unknown or malformed.
@@ -174,8 +180,8 @@ def _parse_systemd(parts):
 def parse_cgroup(name):
     """Inverse of :func:`pod_cgroup` / :func:`container_cgroup` for both drivers.
 
-    ``name`` is cgroup-relative (as in /proc/<pid>/cgroup; a leading or trailing ``/`` is
-    fine). Returns None for anything that is not a pod or container cgroup: the kubepods and
+    ``name`` with or without its leading ``/`` (/proc/<pid>/cgroup and kubelet write it,
+    :func:`discover` gives it relative to its root; a trailing ``/`` is fine too). Returns None for anything that is not a pod or container cgroup: the kubepods and
     QoS levels themselves, ``crio-conmon-<id>`` cgroups, a systemd sandbox without a scope,
     ``*.mount`` units, cgroups nested inside a container, garbage.
     """

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cgshim import k8s
 from cgshim.app import exporter as exporter_mod
 from tests.support import testbed as _testbed
+from tests.support.unified_ns import v2_mountinfo_at
 from cgshim.reader import Reader
 from tests.support.backends import v2_source
 
@@ -439,29 +440,18 @@ def test_cadvisor_id_strips_namespace_ascent(ups, parts):
 # --- labels of pod and container cgroups, in process ------------------------------------------
 
 
-def _fake_mountinfo(tmp_path, mount_point, root):
-    """This host's cgroup2 mountinfo line, moved to ``mount_point`` with root ``root``: the
-    test bed's cgroup then stands for a hierarchy root, so kubelet's names fit under it."""
-    with open("/proc/self/mountinfo") as f:
-        line = next(x for x in f if " - cgroup2 " in x)
-    fields = line.split(" ")
-    fields[3], fields[4] = root, mount_point
-    path = tmp_path / "mountinfo"
-    path.write_text(" ".join(fields))
-    return str(path)
-
-
 @pytest.mark.kernel
 @pytest.mark.parametrize("root", ["/", "/../.."])
 def test_k8s_labels_of_pod_and_container_cgroups(testbed, tmp_path, root):
     top = testbed.cgroup(2)
     uid, cid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "ab" * 32
     name = k8s.container_cgroup(uid, "burstable", cid, driver="systemd")
+    assert name.startswith("/")  # kubelet's and cAdvisor's form
     parent = top
-    for part in name.split("/"):
+    for part in name.strip("/").split("/"):
         parent = testbed.cgroup(2, parent=parent, name=part)
     testbed.spawn(pipe=1, cgroups=[parent])
-    reader = Reader(mountinfo=_fake_mountinfo(tmp_path, top, root))
+    reader = Reader(mountinfo=v2_mountinfo_at(tmp_path / "mountinfo", top, root))
     exp = exporter_mod.Exporter([top], 1.0, reader=reader)
     try:
         exp.sample_once()
@@ -473,17 +463,17 @@ def test_k8s_labels_of_pod_and_container_cgroups(testbed, tmp_path, root):
     for fam in text_string_to_metric_families(text):
         if fam.name == "container_cpu_load_average_10s":
             labels = {s.labels["id"]: s.labels for s in fam.samples}
-    pod_id = "/" + name.rsplit("/", 1)[0]
+    pod_id = name.rsplit("/", 1)[0]
     # Without a runtime endpoint kubelet's five names are there, empty (path-only labels).
     kube = {"container": "", "image": "", "name": "", "namespace": "", "pod": ""}
-    assert labels["/" + name] == {"id": "/" + name, "pod_uid": uid, "container_id": cid,
-                                  "qos": "burstable", **kube}
+    assert labels[name] == {"id": name, "pod_uid": uid, "container_id": cid,
+                            "qos": "burstable", **kube}
     assert labels[pod_id] == {"id": pod_id, "pod_uid": uid, "container_id": "", "qos": "burstable",
                               **kube}
     assert labels["/kubepods.slice"] == {"id": "/kubepods.slice", "pod_uid": "",
                                          "container_id": "", "qos": "", **kube}
     assert "/" in labels and len(labels) == 5  # the root and its four levels
-    assert 'container_tasks_state{container="",container_id="%s",id="/%s",image="",name="",' \
+    assert 'container_tasks_state{container="",container_id="%s",id="%s",image="",name="",' \
            'namespace="",pod="",pod_uid="%s",qos="burstable",state="sleeping"} 2.0' \
            % (cid, name, uid) in text
 

@@ -16,7 +16,7 @@ from cgshim.kernel.mounts import (
     Hierarchy, Mount, _hierarchy_from, hierarchy, parse_mountinfo, resolve, twin_v2,
 )
 from tests.support.require import require_kernel, require_root
-from tests.support.unified_ns import REPO, TESTS, run_unified
+from tests.support.unified_ns import REPO, TESTS, run_unified, run_with_mountinfo
 
 CGROUP_SUPER_MAGIC = 0x27E0EB
 CGROUP2_SUPER_MAGIC = 0x63677270
@@ -392,8 +392,8 @@ with Testbed() as bed:
 def test_odd_mountinfo_line_on_the_real_host(testbed, tmp_path):
     """The whole public path on the real kernel with one odd line in /proc/self/mountinfo:
     a child in a private mount namespace sees the host's mountinfo plus a cifs line with raw
-    spaces (a bind mount over its own /proc/<pid>/mountinfo, then exec keeps the pid), and
-    cgshim.hierarchy(), Reader() and get_cpu_load still answer for real cgroups."""
+    spaces and a garbage line (tests.support.unified_ns.run_with_mountinfo), and
+    cgshim.hierarchy(), Reader(), get_cpu_load and the probe still answer for real cgroups."""
     v1 = testbed.cgroup(1)
     v2 = testbed.cgroup(2)
     testbed.spawn(busy=True, cgroups=(v1, v2))
@@ -409,13 +409,9 @@ p = probe()
 print(json.dumps([h.mode, h.skipped_lines, a.source, a.nr_running, b.source, b.nr_running,
                   p["cgroup"]["skipped_lines"], p["readings"] > 0]))
 """
-    script = ('cat /proc/$$/mountinfo > "$2" && printf "%s\\n%s\\n" "$3" garbage >> "$2" && '
-              'mount --bind "$2" /proc/$$/mountinfo && exec "$0" -c "$1"')
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, TESTS]))
-    proc = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, sys.executable, code,
-         str(fake), CIFS_RAW_SPACES], env=env, cwd=REPO, capture_output=True, text=True,
-        timeout=120)
+    with open("/proc/self/mountinfo") as f:
+        fake.write_text(f.read() + CIFS_RAW_SPACES + "\ngarbage\n")
+    proc = run_with_mountinfo(code, str(fake))
     assert proc.returncode == 0, proc.stderr
     assert CIFS_RAW_SPACES in fake.read_text()
     assert json.loads(proc.stdout) == ["hybrid", 1, "netlink", 1, "scan", 1, 1, True]

@@ -1,5 +1,6 @@
 """Kubernetes cgroup names: spelled-out kubelet/runtime examples, round trips both ways,
 the names that are not pods or containers, and discover() on real cgroups from the test bed."""
+import json
 import os
 
 import pytest
@@ -8,6 +9,8 @@ from hypothesis import given, settings, strategies as st
 from cgshim.errors import CgroupNotFound, NotACgroup
 from cgshim.k8s import (DRIVERS, QOS_CLASSES, RUNTIMES, K8sCgroup, container_cgroup, discover,
                         parse_cgroup, pod_cgroup)
+from cgshim.reader import Reader
+from tests.support.unified_ns import run_with_mountinfo, v2_mountinfo_at
 
 UID = "1c2b3a4d-5e6f-4a0b-9c8d-7e6f5a4b3c2d"
 UID_ = "1c2b3a4d_5e6f_4a0b_9c8d_7e6f5a4b3c2d"
@@ -18,16 +21,16 @@ CID2 = "fedcba9876543210" * 4
 # (qos, driver, runtime) -> the name kubelet and the runtime give that container (spelled out).
 SPELLED = {
     ("burstable", "systemd", "containerd"):
-        f"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/"
+        f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/"
         f"cri-containerd-{CID}.scope",
     ("besteffort", "systemd", "crio"):
-        f"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/"
+        f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/"
         f"crio-{CID}.scope",
     ("guaranteed", "systemd", "docker"):
-        f"kubepods.slice/kubepods-pod{UID_}.slice/docker-{CID}.scope",
-    ("guaranteed", "cgroupfs", "containerd"): f"kubepods/pod{UID}/{CID}",
-    ("burstable", "cgroupfs", "docker"): f"kubepods/burstable/pod{UID}/{CID}",
-    ("besteffort", "cgroupfs", "crio"): f"kubepods/besteffort/pod{UID}/crio-{CID}",
+        f"/kubepods.slice/kubepods-pod{UID_}.slice/docker-{CID}.scope",
+    ("guaranteed", "cgroupfs", "containerd"): f"/kubepods/pod{UID}/{CID}",
+    ("burstable", "cgroupfs", "docker"): f"/kubepods/burstable/pod{UID}/{CID}",
+    ("besteffort", "cgroupfs", "crio"): f"/kubepods/besteffort/pod{UID}/crio-{CID}",
 }
 
 
@@ -41,13 +44,13 @@ def test_spelled_out_container_names(key, name):
 
 
 @pytest.mark.parametrize("qos, driver, name", [
-    ("guaranteed", "systemd", f"kubepods.slice/kubepods-pod{UID_}.slice"),
-    ("burstable", "systemd", f"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice"),
+    ("guaranteed", "systemd", f"/kubepods.slice/kubepods-pod{UID_}.slice"),
+    ("burstable", "systemd", f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice"),
     ("besteffort", "systemd",
-     f"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice"),
-    ("guaranteed", "cgroupfs", f"kubepods/pod{UID}"),
-    ("burstable", "cgroupfs", f"kubepods/burstable/pod{UID}"),
-    ("besteffort", "cgroupfs", f"kubepods/besteffort/pod{UID}"),
+     f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice"),
+    ("guaranteed", "cgroupfs", f"/kubepods/pod{UID}"),
+    ("burstable", "cgroupfs", f"/kubepods/burstable/pod{UID}"),
+    ("besteffort", "cgroupfs", f"/kubepods/besteffort/pod{UID}"),
 ])
 def test_spelled_out_pod_names(qos, driver, name):
     assert pod_cgroup(UID, qos, driver=driver) == name
@@ -63,11 +66,12 @@ def test_static_pod_uid():
 
 def test_leading_and_trailing_slashes_are_tolerated():
     name = SPELLED[("burstable", "systemd", "containerd")]
+    assert name.startswith("/")
     want = parse_cgroup(name)
     assert want is not None
-    assert parse_cgroup("/" + name) == want
+    assert parse_cgroup(name.lstrip("/")) == want  # as discover() gives it, relative to a root
     assert parse_cgroup(name + "/") == want
-    assert parse_cgroup("/" + name + "/") == want
+    assert parse_cgroup(name.lstrip("/") + "/") == want
 
 
 uids = st.one_of(st.uuids().map(str), st.binary(min_size=16, max_size=16).map(bytes.hex))
@@ -79,6 +83,7 @@ ids = st.binary(min_size=32, max_size=32).map(bytes.hex)
        runtime=st.sampled_from(RUNTIMES))
 def test_round_trip_names_to_fields_to_names(uid, cid, qos, driver, runtime):
     pod = pod_cgroup(uid, qos, driver=driver)
+    assert pod.startswith("/kubepods") and not pod.endswith("/")  # kubelet's cgroup name
     assert parse_cgroup(pod) == K8sCgroup(qos, uid, None, None, driver)
     name = container_cgroup(uid, qos, cid, driver=driver, runtime=runtime)
     assert name.startswith(pod + "/") and name.count("/") == pod.count("/") + 1
@@ -115,7 +120,7 @@ def test_parse_never_raises_and_what_it_accepts_rebuilds(name):
     else:
         rebuilt = container_cgroup(parsed.pod_uid, parsed.qos, parsed.container_id,
                                    driver=parsed.driver, runtime=parsed.runtime or "containerd")
-    assert rebuilt == name.strip("/")
+    assert rebuilt == "/" + name.strip("/")
 
 
 POD_SD = f"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice"
@@ -254,3 +259,32 @@ def test_discover_default_root_is_consistent():
     # The host's own tree: whatever is there must parse as what it claims to be.
     for name, parsed in discover():
         assert parse_cgroup(name) == parsed
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("driver, runtime", [("systemd", "containerd"), ("cgroupfs", "crio")])
+def test_names_are_accepted_by_get_cpu_load(testbed, tmp_path, driver, runtime):
+    """The names pod_cgroup / container_cgroup give are cgroup names get_cpu_load and
+    Reader.cpu_load take, resolved by cgshim's own resolver. Real cgroups at those names are
+    made under a test-bed cgroup that stands for the hierarchy root (a mountinfo moving
+    cgroup2's mount there): the host's own kubepods, if any, is never touched."""
+    top = testbed.cgroup(2)
+    pod = pod_cgroup(UID, "burstable", driver=driver)
+    name = container_cgroup(UID, "burstable", CID, driver=driver, runtime=runtime)
+    parent = top
+    for part in name.strip("/").split("/"):
+        parent = testbed.cgroup(2, parent=parent, name=part)
+    testbed.spawn(busy=True, pipe=1, cgroups=[parent])
+    mountinfo = v2_mountinfo_at(tmp_path / "mountinfo", top)
+
+    with Reader(mountinfo=mountinfo) as reader:
+        own = reader.cpu_load(name)
+        whole = reader.cpu_load(pod, recursive=True)
+    assert own.path == parent and (own.nr_running, own.nr_sleeping) == (1, 1)
+    assert (whole.nr_running, whole.nr_sleeping) == (1, 1)
+
+    proc = run_with_mountinfo(
+        f"import cgshim, json; l = cgshim.get_cpu_load({name!r}); "
+        "print(json.dumps([l.path, l.source, l.nr_running]))", mountinfo)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [parent, "scan", 1]
