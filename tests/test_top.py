@@ -15,11 +15,10 @@ import time
 import pytest
 from hypothesis import given, strategies as st
 
-from cgshim.kernel.mounts import Hierarchy, Mount
 from cgshim.load import Sample
 from cgshim.model import CpuLoad
 from cgshim.kernel.psi import Pressure, PressureLine
-from cgshim.app.top import SORT_KEYS, Row, default_roots, format_table, rows_from_snapshot, sort_rows
+from cgshim.app.top import SORT_KEYS, Row, format_table, rows_from_snapshot, sort_rows
 from tests.support.backends import v2_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,16 +88,6 @@ def test_rows_from_snapshot():
     a, b = rows["/sys/fs/cgroup/a"], rows["/sys/fs/cgroup/b"]
     assert (a.name, a.running, a.sleeping, a.d, a.load, a.psi) == ("/a", 2, 2, 0, 1.75, 1.5)
     assert (b.name, b.running, b.load, b.psi) == ("/sys/fs/cgroup/b", None, None, None)
-
-
-def test_default_roots_per_mode():
-    v2 = Mount("/sys/fs/cgroup/unified", "/", 2)
-    cpu = Mount("/sys/fs/cgroup/cpu", "/", 1, ("cpu",))
-    assert default_roots(Hierarchy("unified", (), Mount("/sys/fs/cgroup", "/", 2))) == ["/sys/fs/cgroup"]
-    assert default_roots(Hierarchy("hybrid", (cpu,), v2)) == ["/sys/fs/cgroup/cpu"]
-    assert default_roots(Hierarchy("legacy", (cpu,), None)) == ["/sys/fs/cgroup/cpu"]
-    mem = Mount("/sys/fs/cgroup/memory", "/", 1, ("memory",))
-    assert default_roots(Hierarchy("hybrid", (mem,), v2)) == ["/sys/fs/cgroup/unified"]
 
 
 # ------------------------------------------------------------------------- plain and JSON

@@ -47,7 +47,7 @@ and ``{namespace="prod", pod=~"api-.*", container="app"}`` the same as kubelet's
 No sample timestamps are attached (the scrape time is used).
 
 Sampling. The cgroups exported are each root and all its descendants, found again with
-:func:`cgshim.kernel.cgroupfs.walk` at every tick, so cgroups that appear are picked up and removed
+:func:`cgshim.app.discovery.walk` at every tick, so cgroups that appear are picked up and removed
 ones are dropped (with their series) at the next tick. One :class:`cgshim.load.Sampler` thread
 reads them every ``interval`` seconds, CPU load and memory/io pressure alike; a scrape only
 formats the latest figures and never touches a cgroup file. If two roots name the same cgroup
@@ -79,13 +79,12 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.utils import floatToGoString
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from cgshim.kernel import cgroupfs, psi
+from cgshim.kernel import psi
 from cgshim import k8s
-from cgshim.app import web
+from cgshim.app import discovery, web
 from cgshim.app.web import parse_listen
 from cgshim.errors import CgroupNotFound, CgshimError, ConfigError
-# from-imports: the package may rebind the name ``cgshim.kernel.mounts`` to the function.
-from cgshim.kernel.mounts import Resolved, hierarchy as _load_hierarchy, resolve as _resolve, twin_v2 as _twin_v2
+from cgshim.kernel.mounts import Resolved, hierarchy as _load_hierarchy, pressure_dir
 from cgshim.load import Sampler
 from cgshim.model import Sweep
 from cgshim.reader import Reader
@@ -173,8 +172,8 @@ class Exporter:
     """Samples ``roots`` and all their descendant cgroups every ``interval`` seconds and serves
     the readings as Prometheus metrics (see the module docstring).
 
-    ``roots``: cgroup directories or names, as :func:`cgshim.kernel.mounts.resolve` accepts them;
-    each must exist now (CgroupNotFound / NotACgroup otherwise); one that is removed later is
+    ``roots``: cgroup directories or names, as :func:`cgshim.kernel.mounts.resolve` accepts them
+    (empty: :func:`cgshim.app.discovery.default_roots`, the host's whole tree); each must exist now (CgroupNotFound / NotACgroup otherwise); one that is removed later is
     counted as a sampling error at each tick until it comes back. ``reader``: a
     :class:`cgshim.reader.Reader` to use (it stays the caller's); by default the Exporter makes
     one and closes it in :meth:`stop`.
@@ -192,15 +191,13 @@ class Exporter:
                  runtime_timeout=2.0, runtime_resync=60.0):
         if isinstance(roots, (str, bytes)):
             raise TypeError("roots must be a list of cgroup paths, not one string")
-        roots = list(roots)
-        if not roots:
-            raise ValueError("roots must name at least one cgroup")
+        roots = list(roots or ())
         self._own_reader = reader is None
         self._reader = Reader() if reader is None else reader
         try:
             self._hier = getattr(self._reader, "hierarchy", None) or _load_hierarchy()
             # Resolved now, so that a mistyped root fails at start, not silently at each tick.
-            self._roots = [_resolve(root, self._hier) for root in roots]
+            self._roots = discovery.resolve_roots(roots, self._hier)
             self._lock = threading.Lock()  # guards _cgroups, _errors, _ticks
             self._cgroups = {}  # path -> _Cgroup, the set of the last tick
             self._errors = {}  # cgshim error class name -> count
@@ -291,27 +288,22 @@ class Exporter:
 
     def _paths(self):
         """The current set: each root and its descendants, first root winning a shared id."""
+        cgroups, errors = discovery.walk(self._roots)
+        for path, exc in errors:  # a root itself was removed, or became unreadable
+            self._count_error(path, exc)
         found = {}
         seen_ids = set()
-        for root in self._roots:
-            try:
-                paths = [root.path, *cgroupfs.walk(root.path)]
-            except CgshimError as exc:  # the root itself was removed, or became unreadable
-                self._count_error(root.path, exc)
+        with self._lock:
+            known = dict(self._cgroups)
+        for resolved in cgroups:
+            cgroup = known.get(resolved.path)
+            if cgroup is None or (self.identity is not None
+                                  and cgroup.generation != self.identity.generation):
+                cgroup = self._describe(resolved)
+            if cgroup.labels[0] in seen_ids:
                 continue
-            with self._lock:
-                known = dict(self._cgroups)
-            for path in paths:
-                if path in found:
-                    continue
-                cgroup = known.get(path)
-                if cgroup is None or (self.identity is not None
-                                      and cgroup.generation != self.identity.generation):
-                    cgroup = self._describe(root, path)
-                if cgroup.labels[0] in seen_ids:
-                    continue
-                seen_ids.add(cgroup.labels[0])
-                found[path] = cgroup
+            seen_ids.add(cgroup.labels[0])
+            found[resolved.path] = cgroup
         with self._lock:
             gone = [p for p in self._cgroups if p not in found]
             self._cgroups = found
@@ -320,14 +312,10 @@ class Exporter:
             self._release(path)
         return list(found)
 
-    def _describe(self, root, path):
-        rel = os.path.relpath(path, root.path)
-        parts = [] if rel == "." else rel.split(os.sep)
-        name = "/" + "/".join([p for p in root.name.split("/") if p] + parts)
-        resolved = Resolved(path=path, name=name, version=root.version, mount=root.mount)
+    def _describe(self, resolved):
         # read before the lookups: a refresh in between makes the next tick describe it again
         generation = -1 if self.identity is None else self.identity.generation
-        return _Cgroup(resolved=resolved, labels=_labels(_cadvisor_id(name), self.identity),
+        return _Cgroup(resolved=resolved, labels=_labels(_cadvisor_id(resolved.name), self.identity),
                        generation=generation)
 
     def _release(self, path):
@@ -336,7 +324,7 @@ class Exporter:
 
     def _pressure(self, cgroup, resource):
         resolved = cgroup.resolved
-        v2_dir = resolved.path if resolved.version == 2 else _twin_v2(resolved, self._hier)
+        v2_dir = pressure_dir(resolved, self._hier)
         if v2_dir is None:
             return None
         try:
@@ -617,15 +605,6 @@ def _plain(start_response, status, body, extra=()):
 # ------------------------------------------------------------------------------- serving
 
 
-def _default_roots():
-    """The host's whole tree: the cgroup2 mount on a unified host, the v1 ``cpu`` mount on a
-    legacy or hybrid one (where kubelet and cAdvisor read CPU load; PSI then comes from each
-    cgroup's twin in the unified hierarchy, where there is one)."""
-    hier = _load_hierarchy()
-    cpu = hier.v1_mount("cpu")
-    if cpu is not None:
-        return [cpu.mount_point]
-    return [hier.v2.mount_point]
 
 
 def serve(listen=DEFAULT_LISTEN, interval=1.0, roots=None, *, stop=None, runtime_endpoint=None,
@@ -634,8 +613,8 @@ def serve(listen=DEFAULT_LISTEN, interval=1.0, roots=None, *, stop=None, runtime
     ``stop`` threading.Event is set), then stop the HTTP server and the sampler cleanly.
 
     ``roots``: cgroup directories or names to export with all their descendants (default: the
-    host's whole tree, see :func:`_default_roots`). Call from the main thread: the signals are
-    blocked in all threads and taken by the main one. Prints the bound address to stderr (port
+    host's whole tree, see :func:`cgshim.app.discovery.default_roots`). Call from the main
+    thread: the signals are blocked in all threads and taken by the main one. Prints the bound address to stderr (port
     0 picks a free one). Raises CgshimError for a bad root, OSError if the address cannot be
     bound, and re-raises an exception that ended the sampler. ``runtime_endpoint`` and
     ``runtime_resync``: see :class:`Exporter`.
@@ -650,7 +629,7 @@ def serve(listen=DEFAULT_LISTEN, interval=1.0, roots=None, *, stop=None, runtime
     signals = {signal.SIGTERM, signal.SIGINT}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # before any thread starts
     try:
-        exporter = Exporter(roots if roots else _default_roots(), interval,
+        exporter = Exporter(roots, interval,
                             runtime_endpoint=runtime_endpoint, runtime_resync=runtime_resync)
         try:
             server = web.Server(exporter.wsgi_app(), host, port, config=config,

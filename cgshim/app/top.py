@@ -1,8 +1,9 @@
 """``python -m cgshim top``: a live view of cgroups by CPU load.
 
 Which cgroups: each ``--root`` directory and every cgroup below it (found anew at every
-refresh, so cgroups come and go). Without ``--root``, the host's cgroup root of its mode:
-the cgroup2 mount on a unified host, the v1 ``cpu`` hierarchy on a hybrid or legacy host.
+refresh, so cgroups come and go; :mod:`cgshim.app.discovery`, shared with the exporter).
+Without ``--root``, the host's cgroup root of its mode: the cgroup2 mount on a unified host,
+the v1 ``cpu`` hierarchy on a hybrid or legacy host.
 On hybrid hosts v1 ``cpu`` is chosen rather than both trees because the same tasks usually
 sit in both (each would show twice) and v1 is where the kernel's own CGROUPSTATS counts
 come from; PSI of a v1 cgroup is still shown, from its cgroup2 twin when that exists (see
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import json as _json
 import math
-import os
 import shutil
 import signal
 import sys
@@ -47,15 +47,12 @@ import time
 
 import attrs
 
-from cgshim.kernel import cgroupfs
-from cgshim.errors import CgshimError
-from cgshim.kernel.mounts import hierarchy as _load_hierarchy, resolve as _resolve
+from cgshim.app import discovery
 from cgshim.load import Sampler
-from cgshim.reader import default_roots as _reader_default_roots
 from cgshim.reader import Reader
 
-__all__ = ["SORT_KEYS", "Row", "default_roots", "load_dict", "rows_from_snapshot",
-           "sort_rows", "format_table", "run"]
+__all__ = ["SORT_KEYS", "Row", "load_dict", "rows_from_snapshot", "sort_rows", "format_table",
+           "run"]
 
 #: sort name -> key letter in the curses view
 SORT_KEYS = {"running": "r", "sleeping": "s", "d": "d", "load": "l", "exact": "e", "psi": "p",
@@ -82,12 +79,6 @@ class Row:
     source: str
     reason: str | None = None
     exact: float | None = None  # RunnableAverage.runnable
-
-
-def default_roots(hier=None) -> list[str]:
-    """The cgroup root ``top`` watches when given none (see the module docstring): the
-    Reader's :func:`cgshim.reader.default_roots`, as ``Reader.sweep()`` uses."""
-    return _reader_default_roots(hier)
 
 
 def load_dict(load) -> dict:
@@ -195,15 +186,7 @@ class _Session:
         self.reader = Reader()
         self.identity = None
         try:
-            hier = self.reader.hierarchy
-            if not roots:
-                roots = default_roots(hier)
-                if not roots:
-                    raise CgshimError("no cgroup hierarchy to show; pass --root")
-            self.roots = []  # (absolute directory, its cgroup name)
-            for root in roots:
-                resolved = _resolve(root, hier)
-                self.roots.append((resolved.path, resolved.name))
+            self.roots = discovery.resolve_roots(roots, self.reader.hierarchy)
             if runtime_endpoint is not None:
                 from cgshim.cri import IdentityCache
 
@@ -227,21 +210,13 @@ class _Session:
 
     def _discover(self):
         """Every root and its descendants; a root that fails is reported, not fatal."""
-        paths, names, errors = [], {}, []
-        for top, top_name in self.roots:
-            try:
-                found = [top, *cgroupfs.walk(top)]
-            except CgshimError as exc:
-                errors.append(f"{top}: {exc}")
-                continue
-            for path in found:
-                rel = os.path.relpath(path, top)
-                names[path] = top_name if rel == "." else (top_name.rstrip("/") + "/" + rel)
-                if self.identity is not None:
-                    names[path] = kube_name(names[path], self.identity) or names[path]
-                paths.append(path)
-        self.names, self.walk_errors = names, errors
-        return paths
+        cgroups, errors = discovery.walk(self.roots)
+        names = {c.path: c.name for c in cgroups}
+        if self.identity is not None:
+            names = {path: kube_name(name, self.identity) or name for path, name in names.items()}
+        self.names = names
+        self.walk_errors = [f"{path}: {exc}" for path, exc in errors]
+        return list(self.names)
 
     def _on_error(self, path, exc):
         if path is not None:

@@ -453,3 +453,10 @@ def twin_v2(resolved: Resolved, hier: Hierarchy) -> str | None:
     if not stat.S_ISDIR(st.st_mode) or (hier.v2.device is not None and st.st_dev != hier.v2.device):
         return None
     return directory
+
+
+def pressure_dir(resolved: Resolved, hier: Hierarchy) -> str | None:
+    """The cgroup2 directory whose ``*.pressure`` files describe ``resolved``: its own on
+    cgroup2, its :func:`twin_v2` for a v1 cgroup (PSI exists only in cgroup2:
+    kernel/cgroup/cgroup.c cgroup_pressure_show and friends are cgroup2 base files), or None."""
+    return resolved.path if resolved.version == 2 else twin_v2(resolved, hier)
