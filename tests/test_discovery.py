@@ -1,7 +1,6 @@
 """cgshim.app.discovery: default roots per host layout (fixture mountinfo, including the
 legacy host without a v1 cpu hierarchy that once crashed the exporter), the walk on real
 cgroups, and both consumers on such a host."""
-import json
 import os
 
 import pytest
