@@ -13,7 +13,8 @@ Subcommands::
 
 Exit status: 0 success; 1 a reading failed (a cgshim error; for the probe: no load reading
 was produced; for ``load``: at least one path failed, the others are still printed);
-2 usage error; 130 interrupted (Ctrl-C) -- except ``top`` and ``serve``, for which q,
+2 usage error, or a library of an extra missing (``serve`` needs ``cgshim[exporter]``;
+one line names the extra); 130 interrupted (Ctrl-C) -- except ``top`` and ``serve``, for which q,
 Ctrl-C and SIGTERM are the normal way out (0). There is no "partial" status: per-item
 errors are in the output, and the status says whether anything failed.
 
@@ -57,6 +58,10 @@ from cgshim.app import exporter
 from cgshim.errors import CgshimError, ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# Libraries that come with an extra, not with `pip install cgshim` (see pyproject.toml).
+_EXTRAS = {"prometheus_client": "exporter", "yaml": "exporter", "bcrypt": "exporter",
+           "pyroute2": "reference"}
 
 _EPILOG = """\
 exit status: 0 success; 1 a reading failed (probe: no load reading produced; load: at least
@@ -640,6 +645,13 @@ def main(argv=None) -> int:
     except CgshimError as exc:
         print(f"cgshim {args.command or 'probe'}: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get(exc.name or "")
+        if extra is None:
+            raise
+        print(f"cgshim {args.command or 'probe'}: needs {exc.name}, which comes with an extra: "
+              f"pip install 'cgshim[{extra}]'", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:

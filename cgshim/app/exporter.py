@@ -64,7 +64,8 @@ No request selects a file or a cgroup: the set is fixed by the roots given at st
 Entry points: :func:`serve` (used by ``python -m cgshim serve``) and this module's own
 :func:`main`, ``python -m cgshim.app.exporter [--listen HOST:PORT] [--interval S] [--root PATH ...]``
 with the same options. Exit status of main: 0 after SIGTERM/SIGINT, 1 on a runtime error
-(bad root, address in use, sampler failure), 2 on bad usage.
+(bad root, address in use, sampler failure), 2 on bad usage or without prometheus_client (the
+extra ``cgshim[exporter]``; imported only when an Exporter is made).
 """
 import argparse
 import gzip
@@ -75,9 +76,6 @@ import threading
 import time
 
 import attrs
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.utils import floatToGoString
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from cgshim.kernel import psi
 from cgshim import k8s
@@ -189,6 +187,7 @@ class Exporter:
 
     def __init__(self, roots, interval=1.0, *, reader=None, runtime_endpoint=None,
                  runtime_timeout=2.0, runtime_resync=60.0):
+        prometheus_client = _prometheus_client()  # first: nothing is started without it
         if isinstance(roots, (str, bytes)):
             raise TypeError("roots must be a list of cgroup paths, not one string")
         roots = list(roots or ())
@@ -215,9 +214,9 @@ class Exporter:
             if self._own_reader:
                 self._reader.close()
             raise
-        self.registry = CollectorRegistry()
+        self.registry = prometheus_client.CollectorRegistry()
         self.registry.register(_Collector(self))
-        ProcessCollector(registry=self.registry)
+        prometheus_client.ProcessCollector(registry=self.registry)
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -337,6 +336,8 @@ class Exporter:
 
     # -- scrape ------------------------------------------------------------------------------
     def _families(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         samples = self._sampler.snapshot()
         load = GaugeMetricFamily(
             "container_cpu_load_average_10s",
@@ -487,6 +488,8 @@ def _text(families):
     prometheus_client 0.21): 0.17 s of CPU for 1,000 cgroups (13,000 samples of 9 labels) at
     every tick, against 0.03 s here. The label values are escaped as the format requires.
     """
+    from prometheus_client.utils import floatToGoString
+
     out = []
     for family in families:
         name = family.name + ("_total" if family.type == "counter" else "")
@@ -511,11 +514,27 @@ def _escape_value(value):
     return value
 
 
+def _prometheus_client():
+    """prometheus_client, imported when an Exporter is made: it is the extra cgshim[exporter],
+    so the command line and the library load without it."""
+    try:
+        import prometheus_client
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] != "prometheus_client":
+            raise
+        raise ModuleNotFoundError("the exporter needs prometheus_client: "
+                                  "pip install 'cgshim[exporter]'", name="prometheus_client") from exc
+    return prometheus_client
+
+
 class _CachedExposition:
     """The exporter's /metrics body: cgroup families rendered once per completed tick."""
 
     def __init__(self, exporter):
+        from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+
         self._exporter = exporter
+        self._generate = generate_latest
         self._samples = CollectorRegistry()
         self._samples.register(_Collector(exporter))
         self._process = CollectorRegistry()
@@ -551,7 +570,7 @@ class _CachedExposition:
             self._wanted = True
             self._wanted_gzip = gzipped
             cached = self._current(gzipped)
-        process = generate_latest(self._process)
+        process = self._generate(self._process)
         return cached + (gzip.compress(process, compresslevel=6, mtime=0) if gzipped else process)
 
 
@@ -732,6 +751,12 @@ def main(argv=None):
               runtime_resync=args.runtime_resync, web_options=web.WebOptions.from_args(args))
     except ConfigError as exc:  # a bad --web.config.file: a usage error, nothing was bound
         print(f"cgshim exporter: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in ("prometheus_client", "yaml", "bcrypt"):
+            raise
+        print(f"cgshim exporter: needs {exc.name}: pip install 'cgshim[exporter]'",
+              file=sys.stderr)
         return 2
     except (CgshimError, OSError) as exc:
         print(f"cgshim exporter: {exc}", file=sys.stderr)

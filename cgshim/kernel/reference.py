@@ -25,18 +25,24 @@ import struct
 import threading
 import time
 
-from pyroute2.netlink import (
-    CTRL_CMD_GETFAMILY,
-    GENL_ID_CTRL,
-    NLM_F_ACK,
-    NLM_F_REQUEST,
-    NLMSG_ERROR,
-    ctrlmsg,
-    genlmsg,
-    nla,
-)
-from pyroute2.netlink.exceptions import NetlinkError as _Pyroute2NetlinkError
-from pyroute2.netlink.marshal import Marshal
+try:
+    from pyroute2.netlink import (
+        CTRL_CMD_GETFAMILY,
+        GENL_ID_CTRL,
+        NLM_F_ACK,
+        NLM_F_REQUEST,
+        NLMSG_ERROR,
+        ctrlmsg,
+        genlmsg,
+        nla,
+    )
+    from pyroute2.netlink.exceptions import NetlinkError as _Pyroute2NetlinkError
+    from pyroute2.netlink.marshal import Marshal
+except ModuleNotFoundError as exc:  # pyroute2 is the extra cgshim[reference], not a dependency
+    if (exc.name or "").partition(".")[0] != "pyroute2":
+        raise
+    raise ModuleNotFoundError("the pyroute2 reference path needs pyroute2: "
+                              "pip install 'cgshim[reference]'", name="pyroute2") from exc
 
 from cgshim.errors import FamilyNotFound, MalformedReply, NetlinkError, NetlinkTimeout
 from cgshim.model import TaskCounts
