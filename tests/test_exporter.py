@@ -36,6 +36,7 @@ _AS_NOBODY = f"""
 import os, sys
 import encodings.idna  # socket's name lookups load it lazily
 import cgshim.app.exporter, cgshim.reader, cgshim.kernel.netlink, cgshim.kernel.threadstat
+import prometheus_client, prometheus_client.core  # the exporter imports it when it starts
 os.setgroups([])
 os.setgid({NOBODY})
 os.setuid({NOBODY})
