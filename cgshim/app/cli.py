@@ -631,6 +631,19 @@ def build_parser():
     return p
 
 
+def _missing_extra(exc):
+    """(module, extra) when ``exc`` is, or was raised from, the import error of a library
+    that comes with an extra (e.g. netlink.open_socket's Unsupported without the C core
+    and pyroute2); else None."""
+    while exc is not None:
+        if isinstance(exc, ModuleNotFoundError):
+            module = (exc.name or "").partition(".")[0]
+            if module in _EXTRAS:
+                return module, _EXTRAS[module]
+        exc = exc.__cause__
+    return None
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (see the module docstring)."""
     parser = build_parser()
@@ -642,16 +655,18 @@ def main(argv=None) -> int:
     out = sys.stdout
     try:
         return args.handler(args, out)
-    except CgshimError as exc:
-        print(f"cgshim {args.command or 'probe'}: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_FAILED
-    except ModuleNotFoundError as exc:
-        extra = _EXTRAS.get(exc.name or "")
-        if extra is None:
+    except (CgshimError, ModuleNotFoundError) as exc:
+        command = args.command or "probe"
+        missing = _missing_extra(exc)
+        if missing is not None:
+            module, extra = missing
+            print(f"cgshim {command}: needs {module}, which comes with an extra: "
+                  f"pip install 'cgshim[{extra}]'", file=sys.stderr)
+            return EXIT_USAGE
+        if isinstance(exc, ModuleNotFoundError):
             raise
-        print(f"cgshim {args.command or 'probe'}: needs {exc.name}, which comes with an extra: "
-              f"pip install 'cgshim[{extra}]'", file=sys.stderr)
-        return EXIT_USAGE
+        print(f"cgshim {command}: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
