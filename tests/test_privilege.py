@@ -9,6 +9,7 @@ denials below are made on our own test-bed files (chmod) or on a private procfs 
 with hidepid.
 """
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -16,24 +17,72 @@ import tempfile
 
 import pytest
 
-from tests.test_faults import REPO, TESTS, _PRELUDE, proc_counts, run_child
+from tests.test_faults import _DROP, REPO, TESTS, _PRELUDE, proc_counts, run_child
 
 pytestmark = pytest.mark.kernel
 COUNTS = ("nr_running", "nr_sleeping", "nr_uninterruptible", "nr_stopped")
 
 
-def test_repo_and_native_modules_readable_by_nobody():
-    """What the drop leaves to nobody: the source tree and the built extensions."""
-    out = run_child(
-        "_drop_to_nobody()\n"
-        f"files = [os.path.join(d, f) for d, _, fs in os.walk({os.path.join(REPO, 'cgshim')!r})"
-        " for f in fs if f.endswith(('.py', '.so'))]\n"
-        "bad = [f for f in files if not os.access(f, os.R_OK)]\n"
-        "print(json.dumps([len(files), bad, cgshim._native.netlink is not None,"
-        " cgshim._native.procscan is not None]))\n")
-    n, unreadable, netlink_built, procscan_built = out
-    assert n > 10 and unreadable == []
-    assert netlink_built and procscan_built
+def _package_files():
+    top = os.path.join(REPO, "cgshim")
+    dirs, files = [top], []
+    for d, subdirs, fs in os.walk(top):
+        subdirs[:] = [x for x in subdirs if x != "__pycache__"]
+        dirs += [os.path.join(d, x) for x in subdirs]
+        files += [os.path.join(d, f) for f in fs if f.endswith((".py", ".so", ".c", ".h", ".proto"))]
+    return dirs, files
+
+
+def test_package_and_native_modules_readable_by_nobody(tmp_path):
+    """What cgshim controls for a user without privileges: its own files (sources and the
+    built extensions) are readable, its directories enterable, by anyone; and a copy of the
+    package in a world-readable directory imports, native modules included, after the drop
+    to nobody. (Where the tree was cloned is not cgshim's: a clone under a 0700 directory,
+    such as mktemp -d makes, is unreadable to nobody whatever cgshim does.)"""
+    dirs, files = _package_files()
+    assert len(files) > 10 and any(f.endswith(".so") for f in files)
+    closed = [d for d in dirs if os.stat(d).st_mode & 0o005 != 0o005]
+    unreadable = [f for f in files if not os.stat(f).st_mode & 0o004]
+    assert closed == [] and unreadable == [], (closed, unreadable)
+
+    # The copy lives in its own world-readable directory under /tmp (1777); copy2 keeps the
+    # modes checked above.
+    import shutil
+
+    top = tempfile.mkdtemp(prefix="cgshim-test-house-edges-", dir="/tmp")
+    try:
+        os.chmod(top, 0o755)
+        shutil.copytree(os.path.join(REPO, "cgshim"), os.path.join(top, "cgshim"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        # This interpreter, its standard library and cgshim's dependencies may live where
+        # nobody cannot read (a 0700 home, a clone's virtualenv): what cgshim's import and a
+        # reading need of them is listed by a first child as root and imported by the second
+        # before it drops to nobody; cgshim itself is then imported from the copy as nobody.
+        reading = ("own = [l for l in open('/proc/self/cgroup') if l.startswith('0::')][0][3:]\n"
+                   "load = cgshim.get_cpu_load(own.strip() or '/')\n")
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+        env.pop("PYTHONPATH", None)
+
+        def child(code):
+            proc = subprocess.run([sys.executable, "-c", code], cwd="/", env=env,
+                                  capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, proc.stderr
+            return json.loads(proc.stdout.splitlines()[-1])
+
+        needed = child(f"import json, sys\nsys.path.insert(0, {top!r})\nimport cgshim\n" + reading +
+                       "print(json.dumps(sorted(m for m in sys.modules if m.partition('.')[0] "
+                       "not in ('cgshim', '__main__'))))\n")
+        where, netlink_built, procscan_built, source = child(
+            f"import importlib, json, os, sys\nfor m in {needed!r}:\n"
+            "    importlib.import_module(m)\n" + _DROP + "_drop_to_nobody()\n"
+            f"sys.path.insert(0, {top!r})\n"
+            "import cgshim, cgshim._native\n" + reading +
+            "print(json.dumps([cgshim.__file__, cgshim._native.netlink is not None,"
+            " cgshim._native.procscan is not None, load.source]))\n")
+    finally:
+        shutil.rmtree(top)
+    assert where == os.path.join(top, "cgshim", "__init__.py")
+    assert netlink_built and procscan_built and source in ("scan", "netlink")
 
 
 def test_nobody_reads_what_nobody_may_read(testbed):

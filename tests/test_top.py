@@ -329,9 +329,13 @@ class Pty:
         self.screen.feed(data)
         return True
 
-    def wait_for(self, predicate, timeout=15, what="the screen"):
+    def wait_for(self, predicate, timeout=30, what="the screen"):
+        """Pump until a whole frame is on the screen and ``predicate`` holds for it. A read
+        of the pty can end anywhere in a frame (the kernel passes a write on in chunks, and a
+        busy machine preempts the writer), so a screen counts only when its title and its
+        bottom row show the same frame number (top draws both; ncurses writes top to bottom)."""
         deadline = time.monotonic() + timeout
-        while not predicate(self.screen.text()):
+        while not (whole_frame(self.screen.text()) and predicate(self.screen.text())):
             if time.monotonic() > deadline or not self.pump(0.05):
                 raise AssertionError(f"timed out waiting for {what}; screen:\n{self.screen.text()}")
 
@@ -376,6 +380,24 @@ def term():
     yield start
     for t in opened:
         t.close()
+
+
+_TITLE_FRAME = re.compile(r"^cgshim top - .* - frame (\d+)  \[")
+_BOTTOM_FRAME = re.compile(r"^frame (\d+)$")
+
+
+def whole_frame(text):
+    """True when the title and the bottom row name the same frame (see Pty.wait_for)."""
+    lines = text.split("\n")
+    top, bottom = _TITLE_FRAME.match(lines[0]), _BOTTOM_FRAME.match(lines[-1])
+    return bool(top and bottom and top.group(1) == bottom.group(1))
+
+
+def test_whole_frame():
+    title = "cgshim top - 2 cgroups - every 0.2s - sort: load - frame 7  [r=running; q quits]"
+    assert whole_frame("\n".join([title, "rows", "frame 7"]))
+    assert not whole_frame("\n".join([title.replace("frame 7", "frame 8"), "rows", "frame 7"]))
+    assert not whole_frame("\n".join([title, "rows", ""]))
 
 
 def row_of(text, name):

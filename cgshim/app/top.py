@@ -38,6 +38,7 @@ stops after that many refreshes.
 """
 from __future__ import annotations
 
+import itertools
 import json as _json
 import math
 import shutil
@@ -293,12 +294,17 @@ def _plain(session, sort, interval, iterations, as_json, out):
         time.sleep(next_tick - now)
 
 
-def _draw(stdscr, curses, session, sort, interval):
+def _draw(stdscr, curses, session, sort, interval, frame):
+    """One frame: title (row 0), status, table, and at the bottom row the frame number again.
+
+    ncurses emits a frame's changes top to bottom, so a terminal (or a test reading the pty)
+    that shows the same frame number in the title and on the bottom row shows one whole
+    frame, not the first rows of the next one over the rest of the last."""
     height, width = stdscr.getmaxyx()
     rows = session.rows(sort)
     keys = " ".join(f"{letter}={name}" for name, letter in SORT_KEYS.items())
-    title = (f"cgshim top - {len(rows)} cgroups - every {interval:g}s - sort: {sort}"
-             f"  [{keys}; q quits]")
+    title = (f"cgshim top - {len(rows)} cgroups - every {interval:g}s - sort: {sort} - "
+             f"frame {frame}  [{keys}; q quits]")
     lines = format_table(rows, max(width - 1, 1))
     stdscr.erase()
 
@@ -313,9 +319,10 @@ def _draw(stdscr, curses, session, sort, interval):
     put(1, session.status())
     put(2, lines[0].ljust(max(width - 1, 0)), curses.A_REVERSE)
     for i, line in enumerate(lines[1:], start=3):
-        if i >= height:
+        if i >= height - 1:
             break
         put(i, line)
+    put(height - 1, f"frame {frame}")
     stdscr.refresh()
 
 
@@ -335,12 +342,13 @@ def _curses(session, sort, interval, iterations):
         except curses.error:
             pass
         frames = 0
+        drawn = itertools.count(1)  # every draw, refresh or redraw, is a new frame number
         next_tick = time.monotonic()
         while True:
             session.read_errors.clear()
             session.tick()
             frames += 1
-            _draw(stdscr, curses, session, sort, interval)
+            _draw(stdscr, curses, session, sort, interval, next(drawn))
             if iterations is not None and frames >= iterations:
                 return 0
             next_tick += interval
@@ -355,10 +363,10 @@ def _curses(session, sort, interval, iterations):
                 if key in (ord("q"), ord("Q")):
                     return 0
                 if key == curses.KEY_RESIZE:
-                    _draw(stdscr, curses, session, sort, interval)
+                    _draw(stdscr, curses, session, sort, interval, next(drawn))
                 elif 0 <= key < 256 and chr(key).lower() in _BY_LETTER:
                     sort = _BY_LETTER[chr(key).lower()]
-                    _draw(stdscr, curses, session, sort, interval)
+                    _draw(stdscr, curses, session, sort, interval, next(drawn))
     finally:
         try:
             stdscr.keypad(False)
