@@ -283,32 +283,20 @@ def print_probe(r, out):
     k = r["kernel"]
     w(f"kernel:            {k['release']} ({k['machine']})\n")
     cg = r["cgroup"]
+    _check_line(w, "cgroup mode", cg, cg["mode"], "unknown")
     if cg["ok"]:
-        w(f"cgroup mode:       {cg['mode']}\n")
         for m in cg["mounts"]:
             what = ",".join(m["controllers"]) if m["version"] == 1 else "cgroup2"
             w(f"  v{m['version']} {m['mount_point']}  (root {m['root']}; {what})\n")
         if cg["skipped_lines"]:
             w(f"  {cg['skipped_lines']} mountinfo line(s) skipped: outside the documented "
               "grammar, and no cgroup mount\n")
-    else:
-        w(f"cgroup mode:       unknown: {cg['error']}\n")
-    fam = r["taskstats_family"]
-    if fam["ok"]:
-        w(f"TASKSTATS family:  answers, id {fam['id']}\n")
-    else:
-        w(f"TASKSTATS family:  does not answer: {fam['error']}\n")
-    pid = r["taskstats_pid"]
-    if pid["ok"]:
-        w(f"TASKSTATS per pid: works (struct taskstats version {pid['version']}, "
-          f"{pid['payload_size']} bytes)\n")
-    else:
-        w(f"TASKSTATS per pid: fails: {pid['error']}\n")
-    psi = r["psi"]
-    if psi["ok"]:
-        w(f"PSI:               available; {psi['path']}: {_fmt_pressure(psi['cpu'])}\n")
-    else:
-        w(f"PSI:               unavailable: {psi['error']}\n")
+    fam, pid, psi = r["taskstats_family"], r["taskstats_pid"], r["psi"]
+    _check_line(w, "TASKSTATS family", fam, f"answers, id {fam['id']}", "does not answer")
+    _check_line(w, "TASKSTATS per pid", pid, f"works (struct taskstats version "
+                f"{pid['version']}, {pid['payload_size']} bytes)", "fails")
+    _check_line(w, "PSI", psi, f"available; {psi['path']}: {_fmt_pressure(psi['cpu'])}",
+                "unavailable")
     w("backends:\n")
     for b in r["backends"]:
         state = f"available, {b['implementation']}" if b["available"] else "unavailable"
@@ -331,12 +319,16 @@ def print_probe(r, out):
             w(f"{head}\n    no reading: {e['error']}\n")
     rt = r.get("runtime")
     if rt is not None:
-        if rt["ok"]:
-            w(f"runtime:           {rt['runtime']} at {rt['endpoint']}: {rt['pods']} pods, "
-              f"{rt['containers']} containers and sandboxes (read-only CRI calls)\n")
-        else:
-            w(f"runtime:           {rt['endpoint']} does not answer: {rt['error']}\n")
+        _check_line(w, "runtime", rt, f"{rt['runtime']} at {rt['endpoint']}: {rt['pods']} pods, "
+                    f"{rt['containers']} containers and sandboxes (read-only CRI calls)",
+                    f"{rt['endpoint']} does not answer")
     w(f"load readings:     {r['readings']}\n")
+
+
+def _check_line(w, label, check, found, failed):
+    """One check of the probe: its label, then what it found, or why it failed."""
+    text = found if check["ok"] else f"{failed}: {check['error']}"
+    w(f"{label + ':':<19}{text}\n")
 
 
 def _default_reason(load):

@@ -81,6 +81,7 @@ from cgshim.kernel import psi
 from cgshim import k8s
 from cgshim.app import discovery, web
 from cgshim.app.web import parse_listen
+from cgshim.cri import parse_endpoint
 from cgshim.errors import CgroupNotFound, CgshimError, ConfigError
 from cgshim.kernel.mounts import Resolved, hierarchy as _load_hierarchy, pressure_dir
 from cgshim.load import Sampler
@@ -694,22 +695,19 @@ def _interval(text):
     return value
 
 
-def _endpoint(text):
-    from cgshim.cri import parse_endpoint
+def _checked(parse):
+    """An argparse type: the text as given, once ``parse`` accepts it (its ValueError is the
+    usage error)."""
+    def check(text):
+        try:
+            parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+    return check
 
-    try:
-        parse_endpoint(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
-
-def _listen(text):
-    try:
-        parse_listen(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+_listen, _endpoint = _checked(parse_listen), _checked(parse_endpoint)
 
 
 def add_arguments(parser):
