@@ -18,8 +18,6 @@ v1): :func:`cgshim.kernel.mounts.pressure_dir`.
 """
 from __future__ import annotations
 
-import os
-
 from cgshim.errors import CgshimError, Unsupported
 from cgshim.kernel import cgroupfs
 from cgshim.kernel.mounts import Hierarchy, Resolved, resolve
@@ -54,12 +52,14 @@ def walk(roots: list[Resolved]) -> tuple[list[Resolved], list[tuple[str, CgshimE
         except CgshimError as exc:
             errors.append((root.path, exc))
             continue
-        base = [p for p in root.name.split("/") if p]
+        # walk() yields root.path + "/" + the relative path: the name is the root's name
+        # with that tail (string slicing: this runs for every cgroup at every tick)
+        top = root.path.rstrip("/")
+        base = "/" + "/".join(p for p in root.name.split("/") if p)
         for path in paths:
             if path in found:
                 continue
-            rel = os.path.relpath(path, root.path)
-            parts = base if rel == "." else base + rel.split(os.sep)
-            found[path] = Resolved(path=path, name="/" + "/".join(parts), version=root.version,
-                                   mount=root.mount)
+            tail = path[len(top):]
+            name = base if not tail else (base.rstrip("/") + tail)
+            found[path] = Resolved(path=path, name=name, version=root.version, mount=root.mount)
     return list(found.values()), errors
