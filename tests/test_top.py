@@ -421,7 +421,10 @@ def test_curses_view_keys_and_quit(busy_pair, term):
     v1, _ = busy_pair
     name = cgroup_name(v1)
     t = term("--interval", "0.2", "--root", v1)
-    t.wait_for(lambda s: (row_of(s, name) or [None])[0] == "1", what=f"row {name} with RUN 1")
+    # a row is drawn left to right and may be caught half drawn: wait for its last cell
+    t.wait_for(lambda s: (row_of(s, name) or [None])[0] == "1"
+               and row_of(s, name)[-1] in ("netlink", "scan", "bpf", "psi"),
+               what=f"row {name} with RUN 1, drawn to its BACKEND cell")
     cells = row_of(t.screen.text(), name)
     assert cells[-1] == "netlink"
     assert "sort: load" in t.screen.text()
