@@ -51,7 +51,7 @@ def sweep(spec):
 
     paths, calls, sweeps = spec["paths"], spec["calls"], spec["sweeps"]
     out = {"fds_start": _fds()}
-    with Reader() as reader:
+    with Reader(backends=("netlink", "scan", "psi")) as reader:  # bpf has its own case
         out["vmhwm_start_kb"] = _status_kb("VmHWM")
         for _ in range(sweeps):
             for p in paths:
@@ -87,7 +87,8 @@ def _serve_sweep(spec):
     from cgshim.reader import Reader
 
     clock = time.perf_counter_ns if spec.get("wall") else time.thread_time_ns
-    reader = Reader(runnable=bool(spec.get("runnable", False)))
+    reader = Reader(backends=("netlink", "scan", "psi"),  # bpf has its own case
+                    runnable=bool(spec.get("runnable", False)))
     roots = spec["roots"]
     for _ in range(3):
         swept = reader.sweep(roots)
