@@ -330,7 +330,10 @@ def test_bpf_pin_init_container_has_only_bpf_and_perfmon(bpf_daemonset):
     args = build_parser().parse_args(cmd[3:])
     assert (args.command, args.action, args.mount) == ("bpf", "pin", False)
     mounts = {m["name"]: m for m in init["volumeMounts"]}
-    assert mounts["bpf-pins"]["mountPath"] == args.dir == DEFAULT_PIN_DIR
+    # the node's pin directory, mounted outside /sys: runc cannot make a mount point in sysfs
+    assert mounts["bpf-pins"]["mountPath"] == args.dir and not args.dir.startswith("/sys/")
+    vol = {v["name"]: v for v in spec["volumes"]}["bpf-pins"]
+    assert vol["hostPath"]["path"] == DEFAULT_PIN_DIR
     assert "readOnly" not in mounts["bpf-pins"] and mounts["cgroup"]["readOnly"] is True
     assert init["image"] == spec["containers"][0]["image"]
 
@@ -345,7 +348,11 @@ def test_bpf_exporter_stays_unprivileged_and_reads_pins_read_only(bpf_daemonset)
     assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert "seccompProfile" not in c["securityContext"]
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-    assert set(mounts) == {"/sys/fs/cgroup", DEFAULT_PIN_DIR}
-    assert mounts[DEFAULT_PIN_DIR]["readOnly"] is True
-    vol = {v["name"]: v for v in spec["volumes"]}[mounts[DEFAULT_PIN_DIR]["name"]]
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    pins = env["CGSHIM_BPF_PIN_DIR"]  # where the exporter's Readers look for the pins
+    assert set(mounts) == {"/sys/fs/cgroup", pins} and not pins.startswith("/sys/")
+    assert mounts[pins]["readOnly"] is True
+    vol = {v["name"]: v for v in spec["volumes"]}[mounts[pins]["name"]]
     assert vol["hostPath"] == {"path": DEFAULT_PIN_DIR, "type": "DirectoryOrCreate"}
+    (init,) = spec["initContainers"]
+    assert {m["name"]: m["mountPath"] for m in init["volumeMounts"]}[mounts[pins]["name"]] == pins

@@ -413,14 +413,23 @@ def test_exporter_in_image_reads_cgroup2_by_scan(image, containers, testbed):
     _check_confined(name)
 
 
-def _init_container():
-    """deploy/bpf-pin.yaml's init container (the bpf issue's opt-in patch)."""
+def _bpf_patch():
+    """deploy/bpf-pin.yaml (the bpf issue's opt-in patch)."""
     import yaml
 
     with open(os.path.join(TOP, "deploy", "bpf-pin.yaml")) as f:
         (patch,) = [d for d in yaml.safe_load_all(f) if d]
-    (init,) = patch["spec"]["template"]["spec"]["initContainers"]
+    return patch["spec"]["template"]["spec"]
+
+
+def _init_container():
+    (init,) = _bpf_patch()["initContainers"]
     return init
+
+
+def _exporter_patch():
+    (exporter,) = _bpf_patch()["containers"]
+    return exporter
 
 
 @pytest.fixture
@@ -454,24 +463,29 @@ def test_bpf_pin_then_unprivileged_reader(image, wheel, containers, testbed, bpf
     profile = os.path.join(TOP, "deploy", "seccomp",
                            os.path.basename(sc["seccompProfile"]["localhostProfile"]))
     (pins,) = [m["mountPath"] for m in init["volumeMounts"] if "bpf" in m["mountPath"]]
-    # The node's bpffs is mounted at /sys/fs/bpf; here a private instance stands in for it,
-    # mounted whole at /sys/fs/bpf, so the manifest's paths hold inside the containers.
+    exporter_env = {e["name"]: e.get("value") for e in _exporter_patch().get("env", [])}
+    assert exporter_env["CGSHIM_BPF_PIN_DIR"] == pins, exporter_env
+    # The node's bpffs is mounted at /sys/fs/bpf and the manifest binds its cgshim directory
+    # at ``pins``; here a directory of a private bpffs instance stands in for that one.
     # (runc cannot bind a volume at /sys/fs/bpf/<dir>: it would have to mkdir in sysfs.)
-    assert os.path.dirname(pins) == "/sys/fs/bpf", pins
+    assert not pins.startswith("/sys/"), pins
+    node_pins = os.path.join(bpffs, "cgshim")
+    os.mkdir(node_pins)
     flags = ["--pid=host", "--user", f"{sc['runAsUser']}:{sc['runAsGroup']}", "--cap-drop=ALL",
              *[f"--cap-add=CAP_{c}" for c in sc["capabilities"]["add"]], "--read-only",
              "--security-opt", "no-new-privileges", "--security-opt", f"seccomp={profile}"]
     flags += cgroup_binds()  # as the manifest mounts them
-    proc = containers("--rm", *flags, "-v", f"{bpffs}:/sys/fs/bpf", "--entrypoint", "",
+    proc = containers("--rm", *flags, "-v", f"{node_pins}:{pins}", "--entrypoint", "",
                       image, *init["command"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    made = os.listdir(os.path.join(bpffs, os.path.basename(pins)))
+    made = os.listdir(node_pins)
     assert made, "the pin step left no pins"
 
     v2, want = _known_cgroup(testbed)
     id2 = "/" + os.path.relpath(v2, testbed.root(2))
     port = free_port()
-    name = containers(*daemonset_flags(), "-v", f"{bpffs}:/sys/fs/bpf:ro", "-p",
+    name = containers(*daemonset_flags(), "-v", f"{node_pins}:{pins}:ro",
+                      "-e", f"CGSHIM_BPF_PIN_DIR={pins}", "-p",
                       f"127.0.0.1:{port}:9560", "--entrypoint", "", image, *daemonset_command(),
                       "--root", testbed.root(2), detach=True)
     s = wait_for(port, lambda s: states(s, id2) and states(s, id2).get("sleeping") == 3,
