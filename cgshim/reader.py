@@ -872,29 +872,12 @@ class Reader:
         """One reading of target, whose lock the caller holds."""
         target.clocks = None
         counts, backend, reason = self._counts(target)
-        clocks = None if recursive else target.clocks
         if recursive and counts is not None:
             counts, reason = self._add_descendants(target, counts, backend, reason)
-        if not self._use_pressure or (target.psi_fd is None and target.psi_checked is not None
-                                      and time.monotonic() - target.psi_checked
-                                      < self.PRESSURE_RECHECK):
-            pressure = None  # no cpu.pressure looked for lately (a v1 cgroup without twin)
-        else:
-            pressure = self._pressure(target)
-        resolved = target.resolved
-        if counts is None:
-            if pressure is None:
-                # Nothing readable: an error, not an empty reading.
-                if target.psi_denied:
-                    reason = f"{reason}; {target.psi_denied}"
-                raise PermissionDenied(f"{resolved.path}: nothing readable: "
-                                       f"{reason or 'no cpu.pressure for this cgroup'}")
-            return CpuLoad(resolved.path, resolved.version, backend.name, None, None, None,
-                           None, None, pressure, time.monotonic(), reason, backend.implementation)
-        return CpuLoad(resolved.path, resolved.version, backend.name, counts.nr_running,
-                       counts.nr_sleeping, counts.nr_uninterruptible, counts.nr_stopped,
-                       counts.nr_io_wait, pressure, time.monotonic(), reason,
-                       backend.implementation, *_seconds(clocks))
+        if counts is not None:
+            counts = (counts.nr_running, counts.nr_sleeping, counts.nr_uninterruptible,
+                      counts.nr_stopped, counts.nr_io_wait)
+        return self._reading(target, counts, backend, reason, recursive)
 
     # -- the node sweep -------------------------------------------------------------------
     def sweep(self, roots=None, *, recursive=False):
@@ -965,7 +948,7 @@ class Reader:
                     errors[path] = result
                     continue
                 try:
-                    readings[path] = self._sweep_reading(swept[path], *result, recursive)
+                    readings[path] = self._reading(swept[path], *result, recursive)
                 except CgshimError as exc:
                     errors[path] = exc
                     if isinstance(exc, CgroupNotFound):
@@ -1045,18 +1028,21 @@ class Reader:
                     results[path] = last.error or PermissionDenied(f"{path}: {reasons[path]}")
         return {t.resolved.path: results[t.resolved.path] for t in targets}
 
-    def _sweep_reading(self, target, counts, backend, reason, recursive=False):
-        """The CpuLoad of one swept cgroup (as :meth:`_read` builds it)."""
+    def _reading(self, target, counts, backend, reason, recursive=False):
+        """The CpuLoad of target from its counts (a tuple in CpuLoad's order, or None when
+        the backend chain ended at psi): the one place a reading is built, for cpu_load and
+        sweep alike."""
         clocks = None if recursive else target.clocks
         if not self._use_pressure or (target.psi_fd is None and target.psi_checked is not None
                                       and time.monotonic() - target.psi_checked
                                       < self.PRESSURE_RECHECK):
-            pressure = None  # as _read: no cpu.pressure looked for lately
+            pressure = None  # no cpu.pressure looked for lately (a v1 cgroup without twin)
         else:
             pressure = self._pressure(target)
         resolved = target.resolved
         if counts is None:
             if pressure is None:
+                # Nothing readable: an error, not an empty reading.
                 if target.psi_denied:
                     reason = f"{reason}; {target.psi_denied}"
                 raise PermissionDenied(f"{resolved.path}: nothing readable: "

@@ -204,14 +204,20 @@ _VERSION = struct.Struct("=H")
 _count_cache = {}
 
 
-def _check(data):
-    """(bytes, version, layout, number of fields present) of a payload, or MalformedReply."""
+def _size_and_version(data):
+    """(length, the u16 ``version`` at offset 0) of a payload at least as long as the v8
+    prefix, else MalformedReply."""
     size = len(data)
     if size < MIN_SIZE:
         raise MalformedReply(
             f"struct taskstats payload is {size} bytes, less than the {MIN_SIZE} of version 8;"
             " not a TASKSTATS_TYPE_STATS attribute, or a kernel older than 2.6.3x")
-    (version,) = _VERSION.unpack_from(data)
+    return size, _VERSION.unpack_from(data)[0]
+
+
+def _check(data):
+    """(bytes, version, layout, number of fields present) of a payload, or MalformedReply."""
+    size, version = _size_and_version(data)
     key = (version, size)
     hit = _lazy_cache.get(key)
     if hit is not None:
@@ -338,12 +344,7 @@ def decode_taskstats_eager(data) -> dict:
     raises :class:`MalformedReply` when fewer than the 328 bytes of the v8 prefix came, or
     when the version is older than 8 (the kernel never sends such a version at that size).
     """
-    size = len(data)
-    if size < MIN_SIZE:
-        raise MalformedReply(
-            f"struct taskstats payload is {size} bytes, less than the {MIN_SIZE} of version 8;"
-            " not a TASKSTATS_TYPE_STATS attribute, or a kernel older than 2.6.3x")
-    (version,) = _VERSION.unpack_from(data)
+    size, version = _size_and_version(data)
     if version < 8:
         raise MalformedReply(
             f"struct taskstats claims version {version} in a {size}-byte payload;"
