@@ -200,3 +200,22 @@ def test_sums_wrap_like_the_kernels_u64():
     data = head(bpf.MECH_TASK) + task_rec(2, 0, U64, 5) + task_rec(2, 1, 3, U64) + end(2)
     got, err = both(data)
     assert got[2].sum_exec_runtime == 2 and got[2].run_delay == 4 and got[2].nr[:2] == (1, 1)
+
+
+@pytest.mark.parametrize("capeff, lacking", [
+    ("0000000000000000", "CAP_BPF and CAP_PERFMON"),
+    ("0000008000000000", "CAP_PERFMON"),          # CAP_BPF (39) alone
+    ("0000004000000000", "CAP_BPF"),              # CAP_PERFMON (38) alone
+    ("000000c000000000", None),                   # both
+    ("0000000000200000", None),                   # CAP_SYS_ADMIN grants both
+])
+def test_missing_load_capabilities_from_capeff(tmp_path, capeff, lacking):
+    from cgshim.kernel.bpf import missing_load_capabilities
+
+    status = tmp_path / "status"
+    status.write_text(f"Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t{capeff}\n")
+    got = missing_load_capabilities(str(status))
+    if lacking is None:
+        assert got is None
+    else:
+        assert got.endswith(f"lacks {lacking}"), got

@@ -253,9 +253,46 @@ def native_missing():
 
 
 def object_path():
-    """The compiled BPF program shipped with this package, or None."""
+    """The compiled BPF program shipped with this package, or None when it was not built.
+    A file this process may not read is still returned (the load then says so)."""
     path = os.path.join(os.path.dirname(os.path.abspath(_native.__file__)), "bpf", "cgshim.bpf.o")
-    return path if os.path.exists(path) else None
+    try:
+        os.stat(path)
+    except PermissionError:
+        return path
+    except OSError:
+        return None
+    return path
+
+
+# include/uapi/linux/capability.h
+_CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
+
+
+def missing_load_capabilities(status="/proc/self/status"):
+    """Why this process cannot load the program, from its effective capabilities, or None.
+
+    Loading a tracing iterator needs bpf_capable() and perfmon_capable()
+    (kernel/bpf/syscall.c bpf_prog_load; include/linux/capability.h): CAP_BPF and
+    CAP_PERFMON, each also granted by CAP_SYS_ADMIN. Checked before the object is read, so
+    the answer names the capabilities whatever else would fail."""
+    try:
+        with open(status) as f:
+            eff = next((int(l.split()[1], 16) for l in f if l.startswith("CapEff:")), None)
+    except (OSError, ValueError):
+        return None  # unknown: let the kernel answer
+    if eff is None:
+        return None
+
+    def has(cap):
+        return bool(eff >> cap & 1) or bool(eff >> _CAP_SYS_ADMIN & 1)
+
+    lacking = [name for cap, name in ((_CAP_BPF, "CAP_BPF"), (_CAP_PERFMON, "CAP_PERFMON"))
+               if not has(cap)]
+    if not lacking:
+        return None
+    return (f"loading needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); this process lacks "
+            f"{' and '.join(lacking)}")
 
 
 def in_initial_pid_namespace(proc_root="/proc"):
@@ -487,6 +524,12 @@ class Loaded:
         path = obj_path or object_path()
         if path is None:
             raise BpfError(errno.ENOENT, "the BPF object was not built (no clang at build time)")
+        lacking = missing_load_capabilities()
+        if lacking:
+            raise BpfError(errno.EPERM, lacking)
+        if not os.access(path, os.R_OK):
+            raise BpfError(errno.EACCES, f"cannot read the BPF object {path}: this user may not "
+                           f"read the package's files")
         self.ffi, self.lib = mod.ffi, mod.lib
         try:
             dirfd = os.open(cgroup_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
