@@ -204,6 +204,60 @@ def test_two_thousand_cgroups_in_one_pass(testbed, pins):
     assert all(ino(cg) not in p for cg in cgs if cg not in busy)  # empty: no record, zeros
 
 
+def _raw_pass(src, mech):
+    fd = src._open(mech)
+    try:
+        return bpf._read_all(fd, "pass")
+    finally:
+        os.close(fd)
+
+
+def test_a_walk_of_one_cgroup(testbed):
+    """A per-cgroup walk that visits ONE cgroup (here a leaf as its start; on a fresh node the
+    cgroup2 root before any child exists): bpf_seq_read() raises seq_num only for a further
+    object, so the end call sees seq_num 0 too, and the pass must still hold one HEAD (CI
+    found it written twice: "malformed pass"). Both parsers read the same pass."""
+    need_bpf()
+    leaf = testbed.cgroup(2)
+    w = testbed.spawn(pipe=2, futex=1, cgroups=[leaf])
+    with bpf.Source.loaded(leaf) as src:
+        p = src.read_pass()
+        data = _raw_pass(src, bpf.MECH_CGROUP)
+    assert p.mechanism == "cgroup" and p.root == ino(leaf) and p.objects == 0
+    assert list(p) == [ino(leaf)]
+    assert pass_letters(p, leaf) == expected(w)
+    head = bpf._HEAD.unpack_from(data, 0)
+    assert head[0] == bpf.REC_HEAD and head[5] == ino(leaf)
+    assert len(data) == bpf._HEAD.size + bpf._CGROUP.size + bpf._END.size
+    assert bpf.parse_pass(data).raw(ino(leaf)) == p.raw(ino(leaf))
+
+
+def test_a_walk_of_one_empty_cgroup(testbed):
+    """The start cgroup alone and without threads: HEAD and END, no record."""
+    need_bpf()
+    leaf = testbed.cgroup(2)
+    with bpf.Source.loaded(leaf) as src:
+        p = src.read_pass()
+    assert (p.mechanism, p.root, len(p), p.bytes) == (
+        "cgroup", ino(leaf), 0, bpf._HEAD.size + bpf._END.size)
+
+
+def test_a_walk_whose_start_cgroup_was_removed(testbed):
+    """The link holds the start cgroup; removed, it is dead and cgroup_iter shows it without
+    running the program: the pass has no object. The reader says so (ENOENT) rather than
+    read every cgroup as empty."""
+    need_bpf()
+    gone = testbed.cgroup(2)
+    with bpf.Source.loaded(gone) as src:
+        os.rmdir(gone)
+        data = _raw_pass(src, bpf.MECH_CGROUP)
+        with pytest.raises(BpfError) as exc:
+            src.read_pass()
+    assert exc.value.errno == errno.ENOENT and "was removed" in str(exc.value)
+    p = bpf.parse_pass(data)
+    assert (p.root, len(p), p.bytes) == (0, 0, bpf._HEAD.size + bpf._END.size)
+
+
 def threaded_cgroups(testbed, n):
     """n threaded cgroups holding one thread each of a single worker: many non-empty
     cgroups without many processes (cgroup.type "threaded", tids written to cgroup.threads)."""

@@ -42,7 +42,7 @@ struct cg_bpf_cgroup {
 struct cg_bpf_result {
     uint32_t format;
     uint32_t mechanism;        /* CG_BPF_MECH_* */
-    uint64_t objects;          /* objects the iterator visited (cgroups or tasks) */
+    uint64_t objects;          /* the iterator's seq_num at its end (records.h) */
     uint64_t bytes;            /* bytes of the pass */
     uint64_t records;          /* CGROUP or TASK records */
     uint64_t nr_cgroups;

@@ -114,11 +114,13 @@ class Pass:
     def __init__(self, mechanism, objects, nbytes, raw, memory=0, root=0):
         self.format = FORMAT
         self.mechanism = MECHANISMS[mechanism]  #: "cgroup" or "task"
-        self.objects = objects   #: objects the iterator visited (cgroups or tasks)
+        #: the iterator's seq_num at its end: objects visited (cgroups or tasks) minus one
+        self.objects = objects
         self.bytes = nbytes      #: size of the pass as read
         self.memory = memory     #: bytes the C reader holds for passes (0: pure Python)
         #: id of the cgroup the per-cgroup walk started at (it and all below); 0 for the
-        #: per-thread pass (every task of the reader's pid namespace)
+        #: per-thread pass (every task of the reader's pid namespace), and for a per-cgroup
+        #: pass whose start cgroup was removed (Source.read_pass refuses that one)
         self.root = root
         self._raw = raw          # id -> (id, runtime, delay, n0..n8, threads)
 
@@ -492,10 +494,17 @@ class Source:
             raise BpfError(exc.errno or errno.EIO, f"{what}: {exc.strerror}") from exc
         try:
             if self._native is not None:
-                return self._native.read(fd, what)
-            return parse_pass(_read_all(fd, what))
+                p = self._native.read(fd, what)
+            else:
+                p = parse_pass(_read_all(fd, what))
         finally:
             os.close(fd)
+        if mech == MECH_CGROUP and p.root == 0:
+            # cgroup_iter shows a removed (dead) cgroup without running the program: the
+            # walk's start is gone, and every cgroup would read as empty
+            raise BpfError(errno.ENOENT, f"{what}: the cgroup the walk starts at was removed;"
+                                         f" pin again with `python -m cgshim bpf pin`")
+        return p
 
     def close(self):
         with self._lock:
@@ -523,7 +532,7 @@ class Loaded:
             raise BpfError(errno.ENOSYS, native_missing())
         path = obj_path or object_path()
         if path is None:
-            raise BpfError(errno.ENOENT, "the BPF object was not built (no clang at build time)")
+            raise BpfError(errno.ENOENT, "the BPF object was not built at install time (clang missing or failing: the build log says which)")
         lacking = missing_load_capabilities()
         if lacking:
             raise BpfError(errno.EPERM, lacking)

@@ -76,7 +76,9 @@ struct task_struct___pre514 { /* "state" was renamed "__state" in 5.14 */
 	long state;
 } __attribute__((preserve_access_index));
 
-struct seq_file;
+struct seq_file {
+	unsigned long count; /* size_t: bytes in the buffer of this read() (include/linux/seq_file.h) */
+} __attribute__((preserve_access_index));
 
 struct bpf_iter_meta {
 	struct seq_file *seq;
@@ -175,6 +177,17 @@ static __always_inline void emit_head(struct seq_file *seq, u16 mechanism, u64 r
 	bpf_seq_write(seq, &h, sizeof(h));
 }
 
+/* HEAD goes first: with the first object (seq_num 0), or in the end call (object NULL) when
+ * the read has written nothing yet. bpf_seq_read() (kernel/bpf/bpf_iter.c) raises seq_num
+ * only when next() gives a further object, so the end call of a walk of ONE object also sees
+ * seq_num 0: the buffer's count tells it that HEAD is already there. A pass of no object
+ * (the walk's start cgroup removed: cgroup_iter shows a dead cgroup without running the
+ * program) is HEAD with root 0, then END. */
+static __always_inline int head_due(struct seq_file *seq, u64 seq_num, const void *obj)
+{
+	return seq_num == 0 && (obj || seq->count == 0);
+}
+
 static __always_inline void emit_end(struct seq_file *seq, u64 objects)
 {
 	struct cgshim_rec_end e = {
@@ -194,7 +207,7 @@ int cgshim_cgroups(struct bpf_iter__cgroup *ctx)
 	struct task_struct *t;
 	unsigned int threads = 0;
 
-	if (meta->seq_num == 0) /* the walk is pre-order: its first cgroup is where it starts */
+	if (head_due(seq, meta->seq_num, cgrp)) /* pre-order: the first cgroup is the start */
 		emit_head(seq, CGSHIM_MECH_CGROUP, cgrp ? cgrp->kn->id : 0);
 	if (!cgrp) {
 		emit_end(seq, meta->seq_num);
@@ -225,7 +238,7 @@ int cgshim_tasks(struct bpf_iter__task *ctx)
 	struct task_struct *t = ctx->task; /* read once (verifier: trusted_ptr_or_null) */
 	struct cgshim_rec_task r = {};
 
-	if (meta->seq_num == 0)
+	if (head_due(seq, meta->seq_num, t))
 		emit_head(seq, CGSHIM_MECH_TASK, 0);
 	if (!t) {
 		emit_end(seq, meta->seq_num);

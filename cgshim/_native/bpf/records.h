@@ -54,5 +54,5 @@ struct cgshim_rec_end { /* 16 bytes */
 	__u16 kind;
 	__u16 size;
 	__u32 pad;
-	__u64 objects; /* objects the iterator visited (bpf_iter_meta.seq_num) */
+	__u64 objects; /* bpf_iter_meta.seq_num at the end: objects visited - 1 (0: none or one) */
 };
