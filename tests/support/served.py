@@ -9,6 +9,8 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_SET_NOFILE = ("import os, resource, sys; n = int(sys.argv[1]); "
+               "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); os.execv(sys.argv[2], sys.argv[2:])")
 
 
 class Served:
@@ -18,18 +20,17 @@ class Served:
         for root in roots:
             cmd += ["--root", root]
         cmd += list(args)
+        if nofile is not None:
+            # set by a small exec wrapper, not preexec_fn: a preexec_fn makes Popen fork()
+            # and run Python's at-fork hooks in the child, where grpc's (this test process
+            # has channels open) restarts its poller, whose epoll fd close_fds then closes:
+            # the child aborts before exec ("epoll_wait error: Bad file descriptor"), about
+            # 1 start in 70 here
+            cmd = [sys.executable, "-c", _SET_NOFILE, str(nofile)] + cmd
         env = dict(os.environ, PYTHONPATH=REPO, PYTHONDONTWRITEBYTECODE="1")
         self._err = tempfile.NamedTemporaryFile(prefix="cgshim-test-serve-", suffix=".log")
-
-        def limit():
-            if nofile is not None:
-                import resource
-
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=self._err,
-                                     preexec_fn=limit)
+                                     stdout=subprocess.DEVNULL, stderr=self._err)
         self.pid = self.proc.pid
         try:
             line = self._wait_line("serving ", timeout)
