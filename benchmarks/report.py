@@ -5,6 +5,7 @@ import os
 import platform
 import subprocess
 
+from . import bpf_case
 from . import cases as c
 
 # Short names of the floors in the "x floor" column.
@@ -245,7 +246,8 @@ def write_json(path, results, plan, items, argv):
 
 
 def plot(path, results):
-    """Per-thread cost against thread count (log-log), from the case-3 groups."""
+    """Per-thread cost against thread count (log-log), from the case-3 groups, and the
+    bpf node sweep (case 6: every thread of 200 cgroups in one pass) beside them."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -258,10 +260,12 @@ def plot(path, results):
         (c.F_PREAD, "floor: pread on held fds (C)", "black", "x:"),
         (c.NETLINK, "cgshim netlink (Reader.cpu_load, v1)", "tab:green", "^-"),
         (c.F_CGS, "floor: CGROUPSTATS held fd (C)", "tab:olive", "+--"),
+        (bpf_case.BPF_SWEEP, "cgshim bpf node sweep (Reader.sweep, 200 cgroups)", "tab:purple", "*-"),
+        (bpf_case.F_PASS, "floor: bpf pass open+read+close (C)", "tab:pink", "*--"),
     ]
     points = {}
     for r in results.rows:
-        if r.section.startswith("3. scan at") and r.threads:
+        if r.section.startswith(("3. scan at", "6. bpf at")) and r.threads:
             points.setdefault(r.name, []).append((r.threads, r.per_thread_ns / 1000))
     if not points:
         return False
@@ -273,7 +277,7 @@ def plot(path, results):
                     linewidth=1.6, markersize=6)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("threads in the cgroup")
+    ax.set_xlabel("threads read (one cgroup; the bpf rows: all threads of the sweep)")
     ax.set_ylabel("cost per thread per reading (us, median)")
     ax.set_title("Reading one cgroup's task states: cost per thread")
     ax.grid(True, which="both", alpha=0.3)

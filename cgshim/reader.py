@@ -71,7 +71,8 @@ class _Target:
     """
 
     __slots__ = ("resolved", "dir_fd", "dir_id", "psi_fd", "psi_path", "psi_checked",
-                 "psi_denied", "lock", "closed", "used", "list_fd", "clock_key", "clocks")
+                 "psi_denied", "lock", "closed", "used", "list_fd", "clock_key", "clocks",
+                 "walk_id", "psi_last")
 
     def __init__(self, resolved):
         self.resolved = resolved
@@ -87,6 +88,8 @@ class _Target:
         self.list_fd = None  # the thread list, held by Reader.sweep's scan
         self.clock_key = None  # (st_dev, st_ino) of the directory: its runnable counters' key
         self.clocks = None  # (run_ns, wait_ns) counters of the current read, if the backend has them
+        self.walk_id = None  # (walk generation, (st_dev, st_ino)): the directory as a quiet sweep saw it
+        self.psi_last = None  # (bytes, Pressure) of the last cpu.pressure read
 
     def close(self):
         with self.lock:
@@ -591,10 +594,15 @@ class _Bpf(_Backend):
             return self._source
 
     def counts(self, target):
-        return self.counts_in(self.read_pass(), target)
+        p = self.read_pass()
+        self._check_covers(p)
+        key = self._dir_key(target)
+        counts = p.task_counts(key[1])
+        self._account(target, key, counts.sum_exec_runtime, counts.run_delay)
+        return counts
 
     def read_pass(self):
-        """One fresh pass (a node sweep reads one and calls counts_in for each cgroup)."""
+        """One fresh pass (a node sweep reads one and looks each cgroup up in it)."""
         try:
             return self._get_source().read_pass()
         except BpfError as exc:
@@ -604,34 +612,54 @@ class _Bpf(_Backend):
         """The node sweep: one pass for every target (same verdicts as :meth:`counts`)."""
         try:
             p = self.read_pass()
+            self._check_covers(p)
         except _PassOver as exc:
             return [exc] * len(targets)
+        # No cgroup created or removed below the swept roots since their walk (the
+        # inotify queue still empty after the pass): the directories are the ones stat()ed
+        # in an earlier quiet sweep of this walk, and a stat each is saved.
+        trees = self.reader._trees
+        walk = None if trees.changed() else trees.generation
         out = []
         for target in targets:
             try:
-                c = self.counts_in(p, target)
-            except CgshimError as exc:  # _PassOver included
+                key = self._dir_key(target, walk)
+            except CgshimError as exc:
                 out.append(exc)
                 continue
-            out.append((c.nr_running, c.nr_sleeping, c.nr_uninterruptible, c.nr_stopped,
-                        c.nr_io_wait))
+            c = p.counts(key[1])
+            self._account(target, key, c[5], c[6])
+            out.append(c[:5])
         return out
 
-    def counts_in(self, p, target):
-        """The target's counts in pass ``p`` (zeros: no threads of its own)."""
-        path = target.resolved.path
-        try:
-            st = os.stat(path)  # after the pass: a cgroup removed meanwhile is not "empty"
-        except OSError as exc:
-            raise translate(exc, path, cgroup=path) from exc
+    def _check_covers(self, p):
+        """A pin attached below the cgroup2 root (bpf pin --cgroup-root) covers only its
+        subtree: _PassOver for every cgroup rather than zeros for those outside it."""
         if p.root > 1 and p.root != os.stat(self._v2_root).st_ino:
             raise _PassOver(f"bpf: the pass covers only cgroup {p.root} and below, not all "
                             f"of {self._v2_root}")
-        counts = p.task_counts(st.st_ino)
-        if self.reader._runnable is not None:  # exact load from the pass's per-cgroup sums
-            self.reader._account_sums(target, (st.st_dev, st.st_ino),
-                                      counts.sum_exec_runtime, counts.run_delay)
-        return counts
+
+    @staticmethod
+    def _dir_key(target, walk=None):
+        """(st_dev, st_ino) of target's directory, stat()ed after the pass (a cgroup
+        removed meanwhile is not "empty": CgroupNotFound), or as stat()ed in this walk
+        when ``walk`` is the generation of a walk nothing has changed since."""
+        known = target.walk_id
+        if walk is not None and known is not None and known[0] == walk:
+            return known[1]
+        path = target.resolved.path
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise translate(exc, path, cgroup=path) from exc
+        key = (st.st_dev, st.st_ino)
+        target.walk_id = None if walk is None else (walk, key)
+        return key
+
+    def _account(self, target, key, run_sum, wait_sum):
+        """Exact load from the pass's per-cgroup sums, when the Reader keeps it."""
+        if self.reader._runnable is not None:
+            self.reader._account_sums(target, key, run_sum, wait_sum)
 
     @classmethod
     def probe(cls, hier, proc_root):
@@ -1179,7 +1207,12 @@ class Reader:
                 if isinstance(error, Unsupported):
                     return None  # PSI switched off (EOPNOTSUPP)
                 raise error from exc
-            return psi.decode_pressure(data, target.psi_path)
+            last = target.psi_last
+            if last is not None and last[0] == data:
+                return last[1]  # unchanged (an idle cgroup's file often is): same Pressure
+            pressure = psi.decode_pressure(data, target.psi_path)
+            target.psi_last = (data, pressure)
+            return pressure
         return None
 
     def _open_pressure(self, target):
@@ -1234,6 +1267,7 @@ class _Trees:
         self._inotify = None
         self.down = None  # why trees are not kept (then every pass walks)
         self._trees = {}  # tuple(roots) -> (found, root_dirs, {root dir: (st_dev, st_ino)})
+        self.generation = 0  # raised by every walk and every change seen
 
     def close(self):
         ino, self._inotify = self._inotify, None
@@ -1280,15 +1314,11 @@ class _Trees:
         key = tuple(roots)
         ino = self._watcher()
         if ino is not None:
-            try:
-                changed = bool(ino.read(timeout=0))
-            except OSError:
-                changed = True
-            if changed:
-                self._trees.clear()  # any change: every kept tree is walked anew
+            self.changed()
             kept = self._trees.get(key)
             if kept is not None and _same_dirs(kept[2]):
                 return kept[0], kept[1]
+        self.generation += 1
         found, root_dirs = walk(roots, errors, self._watch if ino is not None else None)
         if self._inotify is not None and not errors:
             if len(self._trees) >= self.KEEP:
@@ -1297,6 +1327,23 @@ class _Trees:
         if self.down is not None and self.down != "closed":
             warnings_.append(f"the cgroup tree is walked on every sweep: {self.down}")
         return found, root_dirs
+
+
+    def changed(self):
+        """True if a cgroup may have been created, removed or moved below the watched
+        directories since the last look (one non-blocking read of the inotify queue;
+        always True without inotify). A change drops every kept tree."""
+        ino = self._inotify
+        if ino is None:
+            return True
+        try:
+            changed = bool(ino.read(timeout=0))
+        except OSError:
+            changed = True
+        if changed:
+            self._trees.clear()  # any change: every kept tree is walked anew
+            self.generation += 1
+        return changed
 
 
 def _dir_ids(paths):

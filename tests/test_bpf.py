@@ -617,6 +617,34 @@ def test_sweep_reads_one_pass_for_every_cgroup(testbed, pins):
         assert swept[kids[0]].nr_running == 1 and swept[kids[1]].nr_uninterruptible == 1
 
 
+def test_quiet_sweeps_see_a_cgroup_re_created_between_them(testbed, pins):
+    """A sweep with no inotify event since its walk reuses the directory ids stat()ed in
+    that walk; a cgroup removed and re-created under the same name between two sweeps
+    (a new inode, other threads) is read as the new cgroup, not the old one's zeros."""
+    import cgshim
+
+    top = testbed.cgroup(2)
+    kid = testbed.cgroup(2, parent=top)
+    old = testbed.spawn(pipe=2, cgroups=[kid])
+    with cgshim.Reader(bpf_pin_dir=pins) as r:
+        for _ in range(3):
+            swept = r.sweep([top])
+            assert (swept[kid].source, swept[kid].nr_sleeping) == ("bpf", 3)
+        assert r._swept[kid].walk_id is not None  # the ids of this walk are in use
+        before = ino(kid)
+        old.kill()
+        os.rmdir(kid)
+        os.mkdir(kid)
+        new = testbed.spawn(pipe=4, cgroups=[kid])
+        assert ino(kid) != before
+        swept = r.sweep([top])
+        assert not swept.errors
+        assert (swept[kid].source, swept[kid].nr_sleeping) == ("bpf", 5)
+        assert reading(swept[kid]) == reading(r.cpu_load(kid))
+        new.kill()
+        assert r.sweep([top])[kid].nr_sleeping == 0
+
+
 def test_exact_load_from_the_pass_sums(testbed, pins):
     """A spinner alone in its cgroup: runnable_seconds from the bpf pass's sums grow by the
     wall time between two readings (it is always running or waiting), as from the scan."""

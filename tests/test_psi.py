@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cgshim.errors import CgshimError, ParseError
-from cgshim.kernel.psi import Pressure, PressureLine, parse_pressure, read_pressure
+from cgshim.kernel.psi import Pressure, PressureLine, decode_pressure, parse_pressure, read_pressure
 from tests.support.require import require_kernel
 
 _avg = st.integers(0, 10000).map(lambda c: c / 100)     # what psi_show prints: %lu.%02lu
@@ -56,6 +56,31 @@ def test_no_trailing_newline_and_order():
 def test_garbage(text):
     with pytest.raises(ParseError):
         parse_pressure(text)
+
+
+@given(_line, st.none() | _line)
+def test_kernel_form_fast_path_agrees(some, full):
+    """decode_pressure matches psi_show()'s exact output at once: the same answer."""
+    text = _render("some", some) + (_render("full", full) if full else "")
+    assert decode_pressure(text.encode(), "f") == parse_pressure(text) == Pressure(some, full)
+
+
+@given(st.binary(max_size=120) | st.sampled_from([
+    b"some avg10=0.00 avg60=0.00 avg300=0.00 total=1\n",
+    b"some avg10=0.00 avg60=0.00 avg300=0.00 total=1\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=1",
+    b"some avg10=0.00 avg60=0.00 avg300=0.00 total=1\nsome avg10=0.00 avg60=0.00 avg300=0.00 total=1\n",
+    b"full avg10=0.00 avg60=0.00 avg300=0.00 total=1\n",
+    b"some avg10=1.5 avg60=0.00 avg300=0.00 total=1\n",
+]).flatmap(lambda b: st.tuples(st.just(b), st.binary(max_size=8)).map(lambda t: t[0] + t[1])))
+def test_decode_pressure_agrees_with_the_parser_on_any_bytes(data):
+    """Fast path or not, decode_pressure gives parse_pressure's answer or a ParseError."""
+    try:
+        want = parse_pressure(data.decode("ascii"))
+    except (UnicodeDecodeError, ParseError):
+        with pytest.raises(ParseError):
+            decode_pressure(data, "f")
+        return
+    assert decode_pressure(data, "f") == want
 
 
 @given(st.text(max_size=120))

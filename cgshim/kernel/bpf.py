@@ -103,6 +103,7 @@ class BpfCounts(TaskCounts):
 
 
 _EMPTY = BpfCounts(0, 0, 0, 0, None)
+_ZEROS = (0, 0, 0, 0, None, 0, 0)
 
 
 class Pass:
@@ -140,6 +141,14 @@ class Pass:
     def __getitem__(self, cgroup_id):
         r = self._raw[cgroup_id]
         return CgroupTasks(r[0], r[1], r[2], tuple(r[3:12]))
+
+    def counts(self, cgroup_id) -> tuple:
+        """(R, S, D, T, None, sum_exec_runtime, run_delay) of the cgroup, as
+        :meth:`task_counts` gives them, without building the object (the node sweep)."""
+        r = self._raw.get(cgroup_id)
+        if r is None:
+            return _ZEROS
+        return (r[3], r[4], r[5], r[6], None, r[1], r[2])
 
     def task_counts(self, cgroup_id) -> BpfCounts:
         """The cgroup's :class:`BpfCounts`; all zeros for a cgroup the pass has no record

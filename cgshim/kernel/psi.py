@@ -14,6 +14,7 @@ reported as absent, never as zeros.
 from __future__ import annotations
 
 import math
+import re
 
 import attrs
 
@@ -109,8 +110,21 @@ def read_pressure(path: str, *, cgroup: str | None = None) -> Pressure | None:
     return decode_pressure(data, path)
 
 
+#: exactly what psi_show() writes ("%s avg10=%lu.%02lu avg60=%lu.%02lu avg300=%lu.%02lu
+#: total=%llu\n", some then full): matched at once, the general parser for anything else
+_LINE = rb" avg10=(\d+\.\d\d) avg60=(\d+\.\d\d) avg300=(\d+\.\d\d) total=(\d+)\n"
+_KERNEL_FORM = re.compile(rb"some" + _LINE + rb"(?:full" + _LINE + rb")?")
+
+
 def decode_pressure(data: bytes, path: str) -> Pressure:
     """Parse the bytes read from pressure file ``path`` (ParseError naming the file)."""
+    m = _KERNEL_FORM.fullmatch(data)
+    if m is not None:  # the same answer as parse_pressure (tests/test_psi.py), ~4x cheaper
+        g = m.groups()
+        some = PressureLine(float(g[0]), float(g[1]), float(g[2]), int(g[3]))
+        if g[4] is None:
+            return Pressure(some)
+        return Pressure(some, PressureLine(float(g[4]), float(g[5]), float(g[6]), int(g[7])))
     try:
         return parse_pressure(data.decode("ascii"))
     except UnicodeDecodeError:
