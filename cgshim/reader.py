@@ -616,10 +616,11 @@ class _Bpf(_Backend):
         except _PassOver as exc:
             return [exc] * len(targets)
         # No cgroup created or removed below the swept roots since their walk (the
-        # inotify queue still empty after the pass): the directories are the ones stat()ed
-        # in an earlier quiet sweep of this walk, and a stat each is saved.
+        # inotify queue still empty after the pass, each root the directory walked): the
+        # directories are the ones stat()ed in an earlier quiet sweep of this walk, and a
+        # stat each is saved.
         trees = self.reader._trees
-        walk = None if trees.changed() else trees.generation
+        walk = trees.generation if trees.quiet() else None
         out = []
         for target in targets:
             try:
@@ -1268,6 +1269,7 @@ class _Trees:
         self.down = None  # why trees are not kept (then every pass walks)
         self._trees = {}  # tuple(roots) -> (found, root_dirs, {root dir: (st_dev, st_ino)})
         self.generation = 0  # raised by every walk and every change seen
+        self._roots_seen = None  # {root dir: (st_dev, st_ino)} of the tree discover last gave
 
     def close(self):
         ino, self._inotify = self._inotify, None
@@ -1317,17 +1319,33 @@ class _Trees:
             self.changed()
             kept = self._trees.get(key)
             if kept is not None and _same_dirs(kept[2]):
+                self._roots_seen = kept[2]
                 return kept[0], kept[1]
         self.generation += 1
+        self._roots_seen = None
         found, root_dirs = walk(roots, errors, self._watch if ino is not None else None)
         if self._inotify is not None and not errors:
             if len(self._trees) >= self.KEEP:
                 self._trees.pop(next(iter(self._trees)))
-            self._trees[key] = (found, root_dirs, _dir_ids(root_dirs.values()))
+            self._roots_seen = _dir_ids(root_dirs.values())
+            self._trees[key] = (found, root_dirs, self._roots_seen)
         if self.down is not None and self.down != "closed":
             warnings_.append(f"the cgroup tree is walked on every sweep: {self.down}")
         return found, root_dirs
 
+    def quiet(self):
+        """True if nothing has changed since the walk :meth:`discover` last gave: no
+        inotify event, and each root still the directory walked (a root's own removal
+        raises no event on the watches, which are on it and below). Else False, and the
+        walk generation moves on."""
+        if self.changed():
+            return False
+        ids = self._roots_seen
+        if ids is None or not _same_dirs(ids):
+            self._trees.clear()
+            self.generation += 1
+            return False
+        return True
 
     def changed(self):
         """True if a cgroup may have been created, removed or moved below the watched

@@ -645,6 +645,27 @@ def test_quiet_sweeps_see_a_cgroup_re_created_between_them(testbed, pins):
         assert r.sweep([top])[kid].nr_sleeping == 0
 
 
+def test_a_swept_root_re_created_after_the_walk_is_not_read_by_its_old_id(testbed, pins):
+    """A root's own removal raises no event on the watches (they are on it and below): a
+    root re-created between the walk and the pass (here: the counts read without a new
+    discover) is stat()ed again, not read by the id of the directory walked."""
+    import cgshim
+
+    leaf = testbed.cgroup(2)
+    old = testbed.spawn(pipe=2, cgroups=[leaf])
+    with cgshim.Reader(bpf_pin_dir=pins) as r:
+        for _ in range(3):
+            assert r.sweep([leaf])[leaf].nr_sleeping == 3
+        target = r._swept[leaf]
+        assert target.walk_id is not None
+        old.kill()
+        os.rmdir(leaf)
+        os.mkdir(leaf)
+        testbed.spawn(pipe=4, cgroups=[leaf])
+        (counts, backend, _), = r._sweep_counts([target]).values()
+        assert backend.name == "bpf" and counts[:2] == (0, 5)
+
+
 def test_exact_load_from_the_pass_sums(testbed, pins):
     """A spinner alone in its cgroup: runnable_seconds from the bpf pass's sums grow by the
     wall time between two readings (it is always running or waiting), as from the scan."""

@@ -83,6 +83,15 @@ def test_decode_pressure_agrees_with_the_parser_on_any_bytes(data):
     assert decode_pressure(data, "f") == want
 
 
+def test_decode_pressure_refuses_what_the_parser_refuses_past_the_fast_path():
+    """400 digits match \\d+ but are no u64: the fast path leaves them to the parser (inf)."""
+    data = b"some avg10=" + b"9" * 400 + b".00 avg60=0.00 avg300=0.00 total=1\n"
+    with pytest.raises(ParseError):
+        parse_pressure(data.decode())
+    with pytest.raises(ParseError):
+        decode_pressure(data, "f")
+
+
 @given(st.text(max_size=120))
 def test_arbitrary_text_parses_or_raises_parse_error(text):
     try:

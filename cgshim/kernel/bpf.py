@@ -511,8 +511,10 @@ class Source:
         if mech == MECH_CGROUP and p.root == 0:
             # cgroup_iter shows a removed (dead) cgroup without running the program: the
             # walk's start is gone, and every cgroup would read as empty
+            again = (" pin again with `python -m cgshim bpf pin`" if self._obj is None
+                     else " load again")
             raise BpfError(errno.ENOENT, f"{what}: the cgroup the walk starts at was removed;"
-                                         f" pin again with `python -m cgshim bpf pin`")
+                                         f"{again}")
         return p
 
     def close(self):

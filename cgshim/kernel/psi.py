@@ -111,8 +111,10 @@ def read_pressure(path: str, *, cgroup: str | None = None) -> Pressure | None:
 
 
 #: exactly what psi_show() writes ("%s avg10=%lu.%02lu avg60=%lu.%02lu avg300=%lu.%02lu
-#: total=%llu\n", some then full): matched at once, the general parser for anything else
-_LINE = rb" avg10=(\d+\.\d\d) avg60=(\d+\.\d\d) avg300=(\d+\.\d\d) total=(\d+)\n"
+#: total=%llu\n", some then full; a u64 has at most 20 digits): matched at once, the general
+#: parser for anything else
+_LINE = (rb" avg10=(\d{1,20}\.\d\d) avg60=(\d{1,20}\.\d\d) avg300=(\d{1,20}\.\d\d)"
+         rb" total=(\d{1,20})\n")
 _KERNEL_FORM = re.compile(rb"some" + _LINE + rb"(?:full" + _LINE + rb")?")
 
 
