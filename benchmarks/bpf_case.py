@@ -7,7 +7,11 @@ never /sys/fs/bpf) and read the way a Reader of any uid reads them.
 Rows (per size):
 - ``bpf node sweep``: every cgroup of the node from one pass -- ``Reader.sweep`` when the
   Reader has it, else one pass plus a lookup per cgroup (what sweep does).
-- ``bpf Reader.cpu_load, one cgroup``: a single cgroup through the Reader: one whole pass.
+- ``bpf Reader.cpu_load, one cgroup (one pass)``: a single cgroup through a Reader that
+  reads the pin: one whole pass.
+- ``bpf Reader.cpu_load, one cgroup (own link)``: the same through a Reader that loaded the
+  program itself: a link of the per-cgroup iterator to that cgroup alone; its peer is
+  ``scan Reader.cpu_load, one cgroup``.
 - ``scan sweep``: the scan of every cgroup by a scan-only Reader (held stat fds).
 - floor ``raw pass (C)``: open + read to EOF + close of the pinned iterator in C, no parsing.
 - floor ``scan x cgroups``: the kernel work of the scan (as in the sweep case).
@@ -25,6 +29,8 @@ from .measure import timed
 
 BPF_SWEEP = "bpf node sweep, one Reader"
 BPF_ONE = "bpf Reader.cpu_load, one cgroup (one pass)"
+BPF_LINK = "bpf Reader.cpu_load, one cgroup (own link)"
+SCAN_ONE = "scan Reader.cpu_load, one cgroup"
 SCAN_SWEEP = "scan sweep, scan-only Reader"
 F_PASS = "floor: raw pass (C: open+read+close)"
 F_SCAN = "floor: scan x cgroups"
@@ -70,10 +76,14 @@ def _one_size(ctx, pins, ncg, per):
         scan_floor = [(os.path.join(c, "cgroup.threads"), ctx.open(os.path.join(c, "cpu.pressure")),
                        _stat_fds(ctx, _tids(c))) for c in v2s] if with_floor else None
         with Reader(bpf_pin_dir=pins) as reader, Reader(backends=("scan",)) as scan, \
+                Reader(bpf_pin_dir=os.path.join(pins, "none")) as loader, \
                 bpf.Source.pinned(pins) as src:
             for c in v2s:
                 _expect(reader.cpu_load(c), "bpf", nr_running=0, nr_sleeping=per)
                 _expect(scan.cpu_load(c), "scan", nr_running=0, nr_sleeping=per)
+            _expect(loader.cpu_load(v2s[0]), "bpf", nr_running=0, nr_sleeping=per)
+            if loader._targets[v2s[0]].bpf_fd is None:
+                raise CaseError("the loading Reader read one cgroup without its own link")
             p = src.read_pass()
             pin = os.path.join(pins, bpf.PIN_NAMES[bpf.MECH_CGROUP if p.mechanism == "cgroup"
                                                    else bpf.MECH_TASK])
@@ -98,12 +108,16 @@ def _one_size(ctx, pins, ncg, per):
             loops = {
                 BPF_SWEEP: timed(bpf_sweep),
                 BPF_ONE: timed(reader.cpu_load, v2s[0]),
+                BPF_LINK: timed(loader.cpu_load, v2s[0]),
+                SCAN_ONE: timed(scan.cpu_load, v2s[0]),
                 SCAN_SWEEP: timed(scan_sweep),
                 F_PASS: f.bpf_pass(pin),
             }
             spec = [
                 (BPF_SWEEP, "case", F_PASS, SCAN_SWEEP),
                 (BPF_ONE, "case", F_PASS, ""),
+                (BPF_LINK, "case", "", SCAN_ONE),
+                (SCAN_ONE, "case", "", ""),
                 (SCAN_SWEEP, "case", F_SCAN if with_floor else "", ""),
                 (F_PASS, "floor", "", ""),
             ]

@@ -7,7 +7,9 @@ used only for the cgroup versions it reads):
 0. ``bpf`` -- for cgroup2 cgroups: cgshim's BPF iterator pass (cgshim/kernel/bpf.py), one
    read for every cgroup's own threads by /proc letter. Pinned by ``python -m cgshim bpf
    pin`` (read by any uid, no capabilities), else loaded by this Reader when it has
-   CAP_BPF + CAP_PERFMON; else the chain goes on to the scan, with the reason.
+   CAP_BPF + CAP_PERFMON; else the chain goes on to the scan, with the reason. A sweep
+   reads one pass; one cgroup is read through a link to it alone when this Reader loaded
+   the program (BPF_CGROUP_ITER_SELF_ONLY), else through a whole pass of the pin.
 1. ``netlink`` -- CGROUPSTATS_CMD_GET (kernel/taskstats.c, cgroupstats_build() in
    kernel/cgroup/cgroup-v1.c) on the cgroup's directory, for cgroups on a v1 hierarchy,
    while the TASKSTATS family answers. Implementation: the C core (``"native"``), or
@@ -30,7 +32,7 @@ v1 cgroup's twin in the unified hierarchy, when it exists).
 
 A Reader holds what makes repeated reads cheap: one netlink socket with its family id,
 the resolution of each path, and open fds (the v1 directory for CGROUPSTATS, the
-cpu.pressure file, the scanner's stat fds). A cached fd of a cgroup that has been removed
+cpu.pressure file, the scanner's stat fds, the bpf link to one cgroup). A cached fd of a cgroup that has been removed
 answers ENOENT/ENODEV; the entry is then dropped and the path resolved anew, so a
 re-created cgroup of the same name is read correctly and a gone one raises CgroupNotFound.
 """
@@ -72,7 +74,7 @@ class _Target:
 
     __slots__ = ("resolved", "dir_fd", "dir_id", "psi_fd", "psi_path", "psi_checked",
                  "psi_denied", "lock", "closed", "used", "list_fd", "clock_key", "clocks",
-                 "walk_id", "psi_last")
+                 "walk_id", "psi_last", "bpf_fd")
 
     def __init__(self, resolved):
         self.resolved = resolved
@@ -90,14 +92,15 @@ class _Target:
         self.clocks = None  # (run_ns, wait_ns) counters of the current read, if the backend has them
         self.walk_id = None  # (walk generation, (st_dev, st_ino)): the directory as a quiet sweep saw it
         self.psi_last = None  # (bytes, Pressure) of the last cpu.pressure read
+        self.bpf_fd = None  # the bpf backend's link of the per-cgroup iterator to this cgroup alone
 
     def close(self):
         with self.lock:
             self.closed = True
-            for fd in (self.dir_fd, self.psi_fd, self.list_fd):
+            for fd in (self.dir_fd, self.psi_fd, self.list_fd, self.bpf_fd):
                 if fd is not None:
                     os.close(fd)
-            self.dir_fd = self.psi_fd = self.list_fd = None
+            self.dir_fd = self.psi_fd = self.list_fd = self.bpf_fd = None
 
 
 # ------------------------------------------------------------------------------ backends
@@ -550,7 +553,9 @@ def _scan_verdict(resolved, counts):
 
 
 class _Bpf(_Backend):
-    """One pass of cgshim's BPF iterator per read (see cgshim/kernel/bpf.py). Where there
+    """cgshim's BPF iterators (see cgshim/kernel/bpf.py): a sweep reads one pass of the
+    whole hierarchy; one cgroup is read through a link to it alone where this process
+    loaded the program (it may attach), else through a whole pass of the pin. Where there
     is neither a pin nor the capabilities to load, it passes over to the next backend with
     the reason, and looks again after RECHECK seconds (a pin may appear)."""
 
@@ -565,6 +570,7 @@ class _Bpf(_Backend):
         self._v2_root = None if v2 is None else v2.mount_point
         self._lock = threading.Lock()
         self._source = None
+        self._dev = None  # st_dev of the cgroup2 mount: with a cgroup id, a directory's key
         self.down, self._down_at = None, 0.0
         self.implementation = "native" if _native.bpf is not None else "python"
 
@@ -594,11 +600,35 @@ class _Bpf(_Backend):
             return self._source
 
     def counts(self, target):
+        source = self._get_source()
+        if source.links:
+            return self._counts_alone(source, target)
         p = self.read_pass()
         self._check_covers(p)
         key = self._dir_key(target)
         counts = p.task_counts(key[1])
         self._account(target, key, counts.sum_exec_runtime, counts.run_delay)
+        return counts
+
+    def _counts_alone(self, source, target):
+        """One cgroup read through a link of the per-cgroup program to it alone, held
+        with the target (a Source that loaded the program: it may attach): the cgroup's
+        own threads only, not the node's. Its removal shows as root 0: CgroupNotFound."""
+        path = target.resolved.path
+        try:
+            if target.bpf_fd is None:
+                target.bpf_fd = source.self_link(path)
+            p = source.read_link(target.bpf_fd)
+        except OSError as exc:
+            raise translate(exc, path, cgroup=path) from exc
+        except BpfError as exc:
+            raise _PassOver(f"bpf: {exc}", exc) from exc
+        if p.root == 0:
+            raise CgroupNotFound(f"{path}: cgroup was removed")
+        if self._dev is None:
+            self._dev = os.stat(self._v2_root).st_dev
+        counts = p.task_counts(p.root)
+        self._account(target, (self._dev, p.root), counts.sum_exec_runtime, counts.run_delay)
         return counts
 
     def read_pass(self):

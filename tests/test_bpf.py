@@ -521,6 +521,54 @@ def test_reader_reads_the_pin_first_and_agrees_with_the_scan(testbed, pins):
             r.cpu_load(empty)
 
 
+def test_one_cgroup_through_a_link_to_it_alone(testbed, bpffs):
+    """A Reader that loaded the program itself reads one cgroup through a link of the
+    per-cgroup iterator to that cgroup alone (one link fd held per cgroup, released with
+    it), not a whole pass: same counts as the scan; removed, CgroupNotFound; re-created,
+    the new cgroup; recursive, its descendants added."""
+    import cgshim
+    from tests.test_sweep import open_fds
+
+    nothing = os.path.join(bpffs, "nothing-pinned")
+    cg = testbed.cgroup(2)
+    kid = testbed.cgroup(2, parent=cg)
+    w = testbed.spawn(busy=True, pipe=1, futex=1, vfork=1, cgroups=[cg])
+    s = testbed.spawn(pipe=2, cgroups=[cg])
+    s.stop()
+    testbed.spawn(pipe=3, cgroups=[kid])
+    with cgshim.Reader(bpf_pin_dir=nothing) as r, cgshim.Reader(backends=("scan",)) as scan:
+        r._backends["bpf"]._get_source()  # loads the program (its own two links)
+        r._backends["bpf"].read_pass = None  # a whole pass would fail: the link is used
+        before = set(open_fds())
+        a, b = r.cpu_load(cg), scan.cpu_load(cg)
+        assert (a.source, a.implementation, a.reason) == ("bpf", "native", None)
+        assert reading(a) == reading(b) == {"nr_running": 1, "nr_sleeping": 3,
+                                            "nr_uninterruptible": 1, "nr_stopped": 3,
+                                            "nr_io_wait": None}
+        assert r._targets[cg].bpf_fd is not None
+        links = [t for fd, t in open_fds().items() if fd not in before and "bpf_link" in t]
+        assert len(links) == 1, links
+        rec = r.cpu_load(cg, recursive=True)
+        assert reading(rec) == reading(scan.cpu_load(cg, recursive=True))
+        assert rec.nr_sleeping == 7
+        r.forget(cg)
+        r.forget(kid)
+        assert not [t for fd, t in open_fds().items() if fd not in before and "bpf_link" in t]
+
+        gone = testbed.cgroup(2)
+        g = testbed.spawn(pipe=2, cgroups=[gone])
+        assert r.cpu_load(gone).nr_sleeping == 3
+        g.kill()
+        os.rmdir(gone)
+        with pytest.raises(cgshim.CgroupNotFound):
+            r.cpu_load(gone)
+        os.mkdir(gone)
+        testbed.spawn(pipe=4, cgroups=[gone])
+        again = r.cpu_load(gone)
+        assert (again.source, again.nr_sleeping) == ("bpf", 5)
+    assert w.pid  # the workers lived through the reads
+
+
 def test_reader_forced_off_bpf(testbed, pins):
     import cgshim
 

@@ -406,6 +406,37 @@ int cg_bpf_iter_fd(struct cg_bpf_obj *o, uint32_t mechanism, int *fd_out)
     return 0;
 }
 
+int cg_bpf_self_link(struct cg_bpf_obj *o, int cgroup_fd, int *link_fd_out)
+{
+    if (!cg_bpf_has(o, CG_BPF_MECH_CGROUP))
+        return ENOENT;
+    struct bpf_program *prog = bpf_object__find_program_by_name(o->obj, "cgshim_cgroups");
+    if (!prog)
+        return ENOENT;
+    union bpf_iter_link_info linfo;
+    memset(&linfo, 0, sizeof(linfo));
+    linfo.cgroup.cgroup_fd = (__u32)cgroup_fd;
+    linfo.cgroup.order = BPF_CGROUP_ITER_SELF_ONLY;
+    LIBBPF_OPTS(bpf_link_create_opts, opts, .iter_info = &linfo,
+                .iter_info_len = sizeof(linfo));
+    /* the link's fd is the caller's (bpf() makes it close-on-exec); closing it releases
+     * the link and the kernel's reference on the cgroup */
+    int fd = bpf_link_create(bpf_program__fd(prog), 0, BPF_TRACE_ITER, &opts);
+    if (fd < 0)
+        return err_of(fd);
+    *link_fd_out = fd;
+    return 0;
+}
+
+int cg_bpf_link_iter_fd(int link_fd, int *fd_out)
+{
+    int fd = bpf_iter_create(link_fd);
+    if (fd < 0)
+        return err_of(fd);
+    *fd_out = fd;
+    return 0;
+}
+
 int cg_bpf_pin(struct cg_bpf_obj *o, uint32_t mechanism, const char *path)
 {
     if (!cg_bpf_has(o, mechanism))

@@ -72,6 +72,13 @@ void cg_bpf_free(struct cg_bpf_obj *o);
 int cg_bpf_has(const struct cg_bpf_obj *o, uint32_t mechanism);
 /* A new pass of that mechanism to read (bpf_iter_create); the caller closes *fd_out. */
 int cg_bpf_iter_fd(struct cg_bpf_obj *o, uint32_t mechanism, int *fd_out);
+/* The per-cgroup program attached to one cgroup2 directory alone (BPF_CGROUP_ITER_SELF_ONLY):
+ * *link_fd_out is the caller's link fd (close-on-exec; closing it releases the link). A
+ * pass of it is HEAD (root = that cgroup's id; 0 once it was removed), at most one CGROUP
+ * record, END. ENOENT: no per-cgroup iterator in this object. */
+int cg_bpf_self_link(struct cg_bpf_obj *o, int cgroup_fd, int *link_fd_out);
+/* A new pass of the iterator link link_fd (bpf_iter_create); the caller closes *fd_out. */
+int cg_bpf_link_iter_fd(int link_fd, int *fd_out);
 /* Pin that mechanism's link at path (on bpffs) and make it mode 0444. */
 int cg_bpf_pin(struct cg_bpf_obj *o, uint32_t mechanism, const char *path);
 /* libbpf's last warning or error on this thread ("" if none). */

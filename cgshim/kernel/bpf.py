@@ -495,19 +495,35 @@ class Source:
                 raise BpfError(errno.EOPNOTSUPP, f"{self._task_refused}{why}")
             return self._read(MECH_TASK)
 
+    @property
+    def links(self):
+        """True if this Source can attach the per-cgroup program to one cgroup alone
+        (:meth:`self_link`): it loaded the program itself. Pinned links cannot."""
+        return self._obj is not None and self._obj.has(MECH_CGROUP)
+
+    def self_link(self, cgroup_dir):
+        """A link of the per-cgroup program attached to ``cgroup_dir`` alone, as an fd the
+        caller holds and closes (bpf.c cg_bpf_self_link). Raises OSError when the directory
+        cannot be opened, BpfError when the program cannot be attached."""
+        if not self.links:
+            raise BpfError(errno.ENOENT, f"{self.description}: cannot attach to one cgroup")
+        return self._obj.self_link(cgroup_dir)
+
+    def read_link(self, link_fd):
+        """One pass of a :meth:`self_link`: its ``root`` is the cgroup's id, or 0 when the
+        cgroup was removed (its record, if it has threads, is the only one)."""
+        with self._lock:
+            if self._open is None:
+                raise BpfError(errno.EBADF, "this bpf Source is closed")
+            return self._read_fd(self._obj.link_iter_fd(link_fd), "cgroup pass of one cgroup")
+
     def _read(self, mech):
         what = f"{MECHANISMS[mech]} pass ({self.description})"
         try:
             fd = self._open(mech)
         except OSError as exc:
             raise BpfError(exc.errno or errno.EIO, f"{what}: {exc.strerror}") from exc
-        try:
-            if self._native is not None:
-                p = self._native.read(fd, what)
-            else:
-                p = parse_pass(_read_all(fd, what))
-        finally:
-            os.close(fd)
+        p = self._read_fd(fd, what)
         if mech == MECH_CGROUP and p.root == 0:
             # cgroup_iter shows a removed (dead) cgroup without running the program: the
             # walk's start is gone, and every cgroup would read as empty
@@ -516,6 +532,15 @@ class Source:
             raise BpfError(errno.ENOENT, f"{what}: the cgroup the walk starts at was removed;"
                                          f"{again}")
         return p
+
+    def _read_fd(self, fd, what):
+        """Read and parse the pass of iterator fd ``fd``, and close it."""
+        try:
+            if self._native is not None:
+                return self._native.read(fd, what)
+            return parse_pass(_read_all(fd, what))
+        finally:
+            os.close(fd)
 
     def close(self):
         with self._lock:
@@ -579,6 +604,29 @@ class Loaded:
             rc = self.lib.cg_bpf_iter_fd(self.obj, mech, fd)
         if rc:
             raise OSError(rc, os.strerror(rc))
+        return fd[0]
+
+    def self_link(self, cgroup_dir):
+        """See :meth:`Source.self_link`."""
+        dirfd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = self.ffi.new("int *")
+        try:
+            with self._lock:
+                if self.obj is None:
+                    raise BpfError(errno.EBADF, "the BPF object is closed")
+                rc = self.lib.cg_bpf_self_link(self.obj, dirfd, fd)
+        finally:
+            os.close(dirfd)
+        if rc:
+            raise BpfError(rc, f"attaching the per-cgroup iterator to {cgroup_dir}: "
+                               f"{os.strerror(rc)}")
+        return fd[0]
+
+    def link_iter_fd(self, link_fd):
+        fd = self.ffi.new("int *")
+        rc = self.lib.cg_bpf_link_iter_fd(link_fd, fd)
+        if rc:
+            raise BpfError(rc, f"a pass of one cgroup: {os.strerror(rc)}")
         return fd[0]
 
     def pin(self, mech, path):
