@@ -334,6 +334,15 @@ static int err_of(long ret)
     return errno ? errno : EINVAL;
 }
 
+/* Where a per-cgroup iterator link walks: from cgroup_fd's cgroup, in that order. */
+static void cgroup_link_info(union bpf_iter_link_info *linfo, int cgroup_fd,
+                             enum bpf_cgroup_iter_order order)
+{
+    memset(linfo, 0, sizeof(*linfo));
+    linfo->cgroup.cgroup_fd = (__u32)cgroup_fd;
+    linfo->cgroup.order = order;
+}
+
 int cg_bpf_load(const char *obj_path, int cgroup_fd, struct cg_bpf_obj **out)
 {
     pthread_once(&print_once, install_print);
@@ -374,9 +383,7 @@ int cg_bpf_load(const char *obj_path, int cgroup_fd, struct cg_bpf_obj **out)
     }
     if (with_cgroups) {
         union bpf_iter_link_info linfo;
-        memset(&linfo, 0, sizeof(linfo));
-        linfo.cgroup.cgroup_fd = (__u32)cgroup_fd;
-        linfo.cgroup.order = BPF_CGROUP_ITER_DESCENDANTS_PRE;
+        cgroup_link_info(&linfo, cgroup_fd, BPF_CGROUP_ITER_DESCENDANTS_PRE);
         DECLARE_LIBBPF_OPTS(bpf_iter_attach_opts, opts, .link_info = &linfo,
                             .link_info_len = sizeof(linfo));
         o->links[CG_BPF_MECH_CGROUP] = bpf_program__attach_iter(cgroups, &opts);
@@ -414,9 +421,7 @@ int cg_bpf_self_link(struct cg_bpf_obj *o, int cgroup_fd, int *link_fd_out)
     if (!prog)
         return ENOENT;
     union bpf_iter_link_info linfo;
-    memset(&linfo, 0, sizeof(linfo));
-    linfo.cgroup.cgroup_fd = (__u32)cgroup_fd;
-    linfo.cgroup.order = BPF_CGROUP_ITER_SELF_ONLY;
+    cgroup_link_info(&linfo, cgroup_fd, BPF_CGROUP_ITER_SELF_ONLY);
     LIBBPF_OPTS(bpf_link_create_opts, opts, .iter_info = &linfo,
                 .iter_info_len = sizeof(linfo));
     /* the link's fd is the caller's (bpf() makes it close-on-exec); closing it releases
