@@ -31,7 +31,7 @@ def main(argv=None):
     ap.add_argument("--wall", action="store_true",
                     help="time by wall clock instead of the thread's CPU time")
     ap.add_argument("--only", metavar="CASE", action="append",
-                    help="run only these cases (v1, taskstats, scan, sweep); repeatable")
+                    help="run only these cases (v1, taskstats, scan, sweep, bpf); repeatable")
     args = ap.parse_args(argv)
 
     if os.geteuid() != 0:
