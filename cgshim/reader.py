@@ -570,7 +570,6 @@ class _Bpf(_Backend):
         self._v2_root = None if v2 is None else v2.mount_point
         self._lock = threading.Lock()
         self._source = None
-        self._dev = None  # st_dev of the cgroup2 mount: with a cgroup id, a directory's key
         self.down, self._down_at = None, 0.0
         self.implementation = "native" if _native.bpf is not None else "python"
 
@@ -625,10 +624,17 @@ class _Bpf(_Backend):
             raise _PassOver(f"bpf: {exc}", exc) from exc
         if p.root == 0:
             raise CgroupNotFound(f"{path}: cgroup was removed")
-        if self._dev is None:
-            self._dev = os.stat(self._v2_root).st_dev
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise translate(exc, path, cgroup=path) from exc
+        # The link holds its cgroup, not the path. cgroup2 cannot rename, and a removed one
+        # reads as root 0 above; this check keeps the reading that of the cgroup the path
+        # names now whatever the link was attached to.
+        if st.st_ino != p.root:
+            raise CgroupNotFound(f"{path}: names another cgroup than the one read before")
         counts = p.task_counts(p.root)
-        self._account(target, (self._dev, p.root), counts.sum_exec_runtime, counts.run_delay)
+        self._account(target, (st.st_dev, st.st_ino), counts.sum_exec_runtime, counts.run_delay)
         return counts
 
     def read_pass(self):

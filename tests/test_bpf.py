@@ -569,6 +569,21 @@ def test_one_cgroup_through_a_link_to_it_alone(testbed, bpffs):
     assert w.pid  # the workers lived through the reads
 
 
+def test_one_cgroup_link_with_stdin_closed(testbed):
+    """A process started with stdin closed gets fd 0 from open(); a cgroup_fd of 0 means the
+    root cgroup to cgroup_iter, so the reader must never attach with it."""
+    need_bpf()
+    cg = testbed.cgroup(2)
+    testbed.spawn(pipe=2, cgroups=[cg])
+    got = run_child(
+        "os.close(0)\n"
+        "r = cgshim.Reader(bpf_pin_dir='/nonexistent-cgshim-pins')\n"
+        f"l = r.cpu_load({cg!r})\n"
+        f"print(json.dumps(load_dict(l) | {{'fd': r._targets[{cg!r}].bpf_fd}}))\n")
+    assert (got["source"], got["nr_sleeping"], got["nr_running"]) == ("bpf", 3, 0)
+    assert got["fd"] not in (None, 0)
+
+
 def test_reader_forced_off_bpf(testbed, pins):
     import cgshim
 

@@ -29,6 +29,7 @@ and dead tasks (X) have left their cgroup (cgroup_exit() in do_exit(), before ex
 and so are counted nowhere, as by the scan of ``cgroup.threads``.
 """
 import errno
+import fcntl
 import os
 import struct
 import threading
@@ -403,6 +404,9 @@ class Source:
         self.mechanisms = tuple(m for m in (MECH_CGROUP, MECH_TASK) if m in mechanisms)
         self._open = open_pass
         self._obj = obj
+        #: True if this Source can attach the per-cgroup program to one cgroup alone
+        #: (:meth:`self_link`): it loaded the program itself. Pinned links cannot.
+        self.links = obj is not None and obj.has(MECH_CGROUP)
         self._lock = threading.Lock()
         mod = getattr(_native, "bpf", None)
         self._native = _NativePass(mod) if mod is not None else None
@@ -495,19 +499,14 @@ class Source:
                 raise BpfError(errno.EOPNOTSUPP, f"{self._task_refused}{why}")
             return self._read(MECH_TASK)
 
-    @property
-    def links(self):
-        """True if this Source can attach the per-cgroup program to one cgroup alone
-        (:meth:`self_link`): it loaded the program itself. Pinned links cannot."""
-        return self._obj is not None and self._obj.has(MECH_CGROUP)
-
     def self_link(self, cgroup_dir):
         """A link of the per-cgroup program attached to ``cgroup_dir`` alone, as an fd the
         caller holds and closes (bpf.c cg_bpf_self_link). Raises OSError when the directory
         cannot be opened, BpfError when the program cannot be attached."""
-        if not self.links:
+        obj = self._obj
+        if not self.links or obj is None:
             raise BpfError(errno.ENOENT, f"{self.description}: cannot attach to one cgroup")
-        return self._obj.self_link(cgroup_dir)
+        return obj.self_link(cgroup_dir)
 
     def read_link(self, link_fd):
         """One pass of a :meth:`self_link`: its ``root`` is the cgroup's id, or 0 when the
@@ -559,6 +558,19 @@ class Source:
         self.close()
 
 
+def _cgroup_dir_fd(path):
+    """An fd of cgroup directory ``path`` for a cgroup iterator link, never 0: a cgroup_fd of
+    0 means the root cgroup to the kernel (kernel/bpf/cgroup_iter.c bpf_iter_attach_cgroup),
+    and 0 is what open() gives a process started with stdin closed."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    if fd == 0:
+        try:
+            fd = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 1)
+        finally:
+            os.close(0)
+    return fd
+
+
 class Loaded:
     """The program loaded and attached in this process by libbpf (bpf.c cg_bpf_load)."""
 
@@ -577,7 +589,7 @@ class Loaded:
                            f"read the package's files")
         self.ffi, self.lib = mod.ffi, mod.lib
         try:
-            dirfd = os.open(cgroup_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            dirfd = _cgroup_dir_fd(cgroup_root)
         except OSError as exc:
             raise BpfError(exc.errno or errno.EIO, f"{cgroup_root}: {exc.strerror}") from exc
         out = self.ffi.new("struct cg_bpf_obj **")
@@ -594,7 +606,8 @@ class Loaded:
         self._lock = threading.Lock()
 
     def has(self, mech):
-        return self.obj is not None and bool(self.lib.cg_bpf_has(self.obj, mech))
+        with self._lock:
+            return self.obj is not None and bool(self.lib.cg_bpf_has(self.obj, mech))
 
     def iter_fd(self, mech):
         fd = self.ffi.new("int *")
@@ -608,7 +621,7 @@ class Loaded:
 
     def self_link(self, cgroup_dir):
         """See :meth:`Source.self_link`."""
-        dirfd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dirfd = _cgroup_dir_fd(cgroup_dir)
         fd = self.ffi.new("int *")
         try:
             with self._lock:
