@@ -26,7 +26,7 @@ import time
 
 from cgshim import Reader, RunnableAverage
 from cgshim.load import LoadTracker
-from tests.support.testbed import Testbed
+from tests.support.testbed import Testbed, sleep_until
 
 CASES = {
     "3x50% of 1 s, in phase": [(0.5, 1.0, 0.0)] * 3,
@@ -36,14 +36,6 @@ CASES = {
     "1x50% of 10 s": [(0.5, 10.0, 0.0)],
 }
 WARMUP = 12.0  # seconds before the first compared tick: one full 10 s window, and start-up
-
-
-def _sleep_until(t):
-    while True:
-        left = t - time.monotonic()
-        if left <= 0:
-            return
-        time.sleep(left)
 
 
 def run_case(name, workers, seconds, phase=0.3):
@@ -61,7 +53,7 @@ def run_case(name, workers, seconds, phase=0.3):
             t_tick = start + phase + n
             if t_tick > start + WARMUP + seconds:
                 break
-            _sleep_until(t_tick)
+            sleep_until(t_tick)
             load = reader.cpu_load(cg)
             avg.update(load.timestamp, load.runnable_seconds, load.runqueue_seconds,
                        load.nr_uninterruptible)

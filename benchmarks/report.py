@@ -103,6 +103,15 @@ def targets(results, plan):
     def add(text, ok, figure):
         out.append((text, "NOT MEASURED" if ok is None else _status(ok), figure))
 
+    def per_sweep(text, sec, case, base, limit, note=""):
+        """A target of case <= limit x base, both per sweep."""
+        x = R.ratio(sec, case, base)
+        if x is None:
+            add(text, None, "case did not run")
+            return
+        add(text, x <= limit, f"{x:.2f}x ({_us(R.row(sec, case).median_ns)} us vs "
+            f"{_us(R.row(sec, base).median_ns)} us per sweep){note}")
+
     sec = "1. v1 cpu_load, netlink"
     x = R.ratio(sec, "get_cpu_load(path)", "floor: CGROUPSTATS, held dir fd")
     if x is None:
@@ -142,32 +151,17 @@ def targets(results, plan):
     sec = f"4. node sweep {ncg}x{per}"
     for name, floor, label in ((c.SWEEP_V2, c.F_SWEEP_V2, "v2 scan"),
                                (c.SWEEP_V1, c.F_SWEEP_V1, "v1 netlink")):
-        text = f"sweep 10,000 threads in 200 cgroups ({label}) <= 1.3x sum of floors"
-        x = R.ratio(sec, name, floor)
-        if x is None:
-            add(text, None, "case did not run")
-            continue
-        add(text, x <= 1.3, f"{x:.2f}x ({_us(R.row(sec, name).median_ns)} us vs "
-            f"{_us(R.row(sec, floor).median_ns)} us per sweep){note}")
-    text = "exact load (schedstat clocks) adds <= 1.6x to a v2 scan sweep of 200x50"
-    x = R.ratio(sec, c.EXACT_V2, c.SWEEP_V2)
-    if x is None:
-        add(text, None, "case did not run")
-    else:
-        add(text, x <= 1.6, f"{x:.2f}x ({_us(R.row(sec, c.EXACT_V2).median_ns)} us vs "
-            f"{_us(R.row(sec, c.SWEEP_V2).median_ns)} us per sweep){note}")
+        per_sweep(f"sweep 10,000 threads in 200 cgroups ({label}) <= 1.3x sum of floors",
+                  sec, name, floor, 1.3, note)
+    per_sweep("exact load (schedstat clocks) adds <= 1.6x to a v2 scan sweep of 200x50",
+              sec, c.EXACT_V2, c.SWEEP_V2, 1.6, note)
     if plan.big:
         ncg, per = plan.big
         sec = f"5. node sweep {ncg}x{per}"
         for name, floor, label in ((c.SWEEP_V2, c.F_BIG_V2, "v2 scan"),
                                    (c.SWEEP_V1, c.F_SWEEP_V1, "v1 netlink")):
-            text = f"sweep {ncg * per:,} threads in {ncg} cgroups ({label}) <= 1.3x sum of floors"
-            x = R.ratio(sec, name, floor)
-            if x is None:
-                add(text, None, "case did not run")
-                continue
-            add(text, x <= 1.3, f"{x:.2f}x ({_us(R.row(sec, name).median_ns)} us vs "
-                f"{_us(R.row(sec, floor).median_ns)} us per sweep)")
+            per_sweep(f"sweep {ncg * per:,} threads in {ncg} cgroups ({label}) <= 1.3x sum of "
+                      f"floors", sec, name, floor, 1.3)
     sweep = R.resources.get("sweep")
     if sweep is None:
         add("sweep RSS <= 40 MB", None, "case did not run")

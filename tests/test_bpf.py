@@ -21,7 +21,7 @@ from cgshim.errors import BpfError, PassFormatMismatch
 from cgshim.kernel import bpf
 from cgshim.kernel.mounts import hierarchy
 from tests.support.require import require_kernel, require_root
-from tests.test_faults import REPO, TESTS, _PRELUDE, run_child
+from tests.test_faults import REPO, TESTS, run_child
 
 pytestmark = pytest.mark.kernel
 
@@ -390,31 +390,11 @@ def test_nobody_cannot_load(pins):
     assert got[0] in (errno.EPERM, errno.EACCES) and "CAP_BPF" in got[1]
 
 
-_DENY_BPF = r'''
-def _deny_bpf(err):
-    import ctypes, struct
-    LD_W_ABS, JEQ_K, RET_K = 0x20, 0x15, 0x06
-    prog = [(LD_W_ABS, 0, 0, 4), (JEQ_K, 0, 3, 0xC000003E),   # arch == x86_64, else allow
-            (LD_W_ABS, 0, 0, 0), (JEQ_K, 0, 1, 321),           # nr == __NR_bpf
-            (RET_K, 0, 0, 0x00050000 | err), (RET_K, 0, 0, 0x7FFF0000)]
-    code = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *i) for i in prog))
-    class Fprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-    fprog = Fprog(len(prog), ctypes.addressof(code))
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong,
-                           ctypes.c_ulong]
-    if libc.prctl(38, 1, None, 0, 0) or libc.prctl(22, 2, ctypes.byref(fprog), 0, 0):
-        raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP")
-'''
-
-
 def test_seccomp_refusing_bpf_stops_loading_not_pin_reading(testbed, pins):
     require_kernel(os.uname().machine == "x86_64", "the seccomp filter here is x86_64's")
     cg = testbed.cgroup(2)
     testbed.spawn(pipe=2, cgroups=[cg])
     got = run_child(
-        _DENY_BPF +
         "from cgshim.kernel import bpf\n"
         "_deny_bpf(errno.EPERM)\n"
         "try:\n"
@@ -630,7 +610,7 @@ def test_reader_with_bpf_refused_by_seccomp_falls_back_with_the_reason(testbed, 
     cg = testbed.cgroup(2)
     testbed.spawn(pipe=1, cgroups=[cg])
     got = run_child(
-        _DENY_BPF + "_deny_bpf(errno.EPERM)\n"
+        "_deny_bpf(errno.EPERM)\n"
         f"r = cgshim.Reader(bpf_pin_dir={os.path.join(bpffs, 'none')!r})\n"
         f"print(json.dumps(attempt(r.cpu_load, {cg!r})))\n")
     load = got["ok"]

@@ -22,7 +22,7 @@ from cgshim.app.cli import ProcCgroup, _directory_of, parse_proc_cgroup
 from cgshim.errors import NotACgroup, ParseError
 from cgshim.kernel.mounts import Mount
 from tests.support.require import require_kernel, require_root
-from tests.support.backends import v2_source
+from tests.support.backends import v2_source, without_c_core
 
 NETLINK_GENERIC = 16  # include/uapi/linux/netlink.h
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -366,8 +366,7 @@ def test_load_backends_option(busy_pair):
 @pytest.mark.kernel
 def test_load_table_notes_a_reading_without_the_c_core(busy_pair):
     v1, v2, _ = busy_pair
-    code = ("import sys\nsys.modules['cgshim._native._procscan'] = None\n"
-            "sys.modules['cgshim._native._bpf'] = None\n"
+    code = (without_c_core("_procscan", "_bpf") +
             "from cgshim.app.cli import main\nsys.exit(main(['load', sys.argv[1]]))\n")
     proc = subprocess.run([sys.executable, "-c", code, v2], cwd=REPO, capture_output=True,
                           text=True, timeout=60)

@@ -41,17 +41,12 @@ COUNTS = ("nr_running", "nr_sleeping", "nr_uninterruptible", "nr_stopped")
 
 # --- child processes ------------------------------------------------------------------
 
-# A seccomp filter (classic BPF, x86_64 only) that makes socket(AF_NETLINK, ...) fail with
-# a chosen errno and lets every other system call through. Built with ctypes: no
-# libseccomp binding is installed here.
+# Seccomp filters (classic BPF, x86_64 only) that make one system call fail with a chosen
+# errno and let every other one through. Built with ctypes: no libseccomp binding is
+# installed here.
 _SECCOMP = r'''
-def _deny_netlink_socket(err):
+def _install_seccomp(prog):
     import ctypes, struct
-    LD_W_ABS, JEQ_K, RET_K = 0x20, 0x15, 0x06
-    prog = [(LD_W_ABS, 0, 0, 4), (JEQ_K, 0, 5, 0xC000003E),   # arch == x86_64, else allow
-            (LD_W_ABS, 0, 0, 0), (JEQ_K, 0, 3, 41),            # nr == __NR_socket
-            (LD_W_ABS, 0, 0, 16), (JEQ_K, 0, 1, 16),           # args[0] == AF_NETLINK
-            (RET_K, 0, 0, 0x00050000 | err), (RET_K, 0, 0, 0x7FFF0000)]
     code = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *i) for i in prog))
     class Fprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
@@ -61,6 +56,21 @@ def _deny_netlink_socket(err):
                            ctypes.c_ulong]
     if libc.prctl(38, 1, None, 0, 0) or libc.prctl(22, 2, ctypes.byref(fprog), 0, 0):
         raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP")
+
+_LD_W_ABS, _JEQ_K, _RET_K = 0x20, 0x15, 0x06
+
+def _deny_netlink_socket(err):
+    _install_seccomp([
+        (_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, 5, 0xC000003E),   # arch == x86_64, else allow
+        (_LD_W_ABS, 0, 0, 0), (_JEQ_K, 0, 3, 41),            # nr == __NR_socket
+        (_LD_W_ABS, 0, 0, 16), (_JEQ_K, 0, 1, 16),           # args[0] == AF_NETLINK
+        (_RET_K, 0, 0, 0x00050000 | err), (_RET_K, 0, 0, 0x7FFF0000)])
+
+def _deny_bpf(err):
+    _install_seccomp([
+        (_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, 3, 0xC000003E),   # arch == x86_64, else allow
+        (_LD_W_ABS, 0, 0, 0), (_JEQ_K, 0, 1, 321),           # nr == __NR_bpf
+        (_RET_K, 0, 0, 0x00050000 | err), (_RET_K, 0, 0, 0x7FFF0000)])
 '''
 
 # Drop to nobody after the imports: /root (where this interpreter lives) is mode 0700, so

@@ -15,7 +15,7 @@ import pytest
 from tests.support import certs as _certs
 from tests.support import prometheus as _prom
 from tests.support.require import require_kernel
-from tests.support.served import REPO, Served
+from tests.support.served import REPO
 
 pytestmark = pytest.mark.kernel
 
@@ -43,20 +43,6 @@ def prometheus(tmp_path):
     yield start
     for prom in started:
         prom.close()
-
-
-@pytest.fixture
-def served():
-    started = []
-
-    def start(*args, **kw):
-        s = Served(*args, **kw)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.close()
 
 
 def cg_id(path, mount):

@@ -7,7 +7,7 @@ import pytest
 
 import cgshim
 from cgshim.errors import CgroupNotFound, CgshimError, NotACgroup
-from tests.support.backends import v2_source
+from tests.support.backends import v2_source, without_c_core
 
 pytestmark = pytest.mark.kernel
 
@@ -98,10 +98,7 @@ def test_without_the_c_core_readings_say_pyroute2_and_python(twin):
     import sys
 
     v1, v2, workers = twin
-    code = ("import json, sys\n"
-            "sys.modules['cgshim._native._netlink'] = None\n"
-            "sys.modules['cgshim._native._procscan'] = None\n"
-            "sys.modules['cgshim._native._bpf'] = None\n"
+    code = (without_c_core() +
             "import cgshim\n"
             "with cgshim.Reader() as r:\n"
             "    out = [[l.source, l.implementation, l.reason, l.nr_running, l.nr_sleeping,\n"

@@ -20,6 +20,7 @@ import cgshim
 from cgshim.kernel.schedstat import read_thread
 from cgshim.kernel.threadstat import Scanner
 from cgshim.load import LoadTracker
+from tests.support.testbed import sleep_until
 
 WINDOW = 10.0  # seconds of each designed-workload measurement
 TOLERANCE = 0.03
@@ -69,14 +70,14 @@ def _designed_run(testbed, clocks, workers, note, quiet=None):
     if quiet is not None:
         first = start + (math.ceil((first - start) / period) + quiet) * period
     last = first + round(WINDOW / period) * period
-    _sleep_until(first)
+    sleep_until(first)
     t0, run0, wait0 = clocks.read(cg)
     samples = []
     with Scanner() as scanner:
         for i in range(int(WINDOW)):  # a phase of 0.3 s past each read instant, every second
-            _sleep_until(first + i + 0.3)
+            sleep_until(first + i + 0.3)
             samples.append(scanner.scan_file(os.path.join(cg, "cgroup.threads")).nr_running)
-    _sleep_until(last)
+    sleep_until(last)
     t1, run1, wait1 = clocks.read(cg)
     measured = sum(w.runnable_seconds(t0, t1) for w in procs) / (t1 - t0)
     exact = (run1 - run0) / (t1 - t0)
@@ -89,14 +90,6 @@ def _designed_run(testbed, clocks, workers, note, quiet=None):
           f"{measured:.3f}, designed {designed:.3f}; cAdvisor 1 s samples {samples} -> "
           f"EWMA {ewma.load_average:.3f}")
     return exact, runqueue, measured, designed
-
-
-def _sleep_until(t):
-    while True:
-        left = t - time.monotonic()
-        if left <= 0:
-            return
-        time.sleep(left)
 
 
 def _check(exact, measured):

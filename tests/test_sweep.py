@@ -19,7 +19,7 @@ import cgshim
 from cgshim.errors import CgroupNotFound
 from cgshim.load import Sampler
 from tests.support import testbed as _testbed
-from tests.support.backends import v2_source
+from tests.support.backends import v2_source, without_c_core
 
 pytestmark = pytest.mark.kernel
 
@@ -339,10 +339,7 @@ def test_sweep_without_the_c_core_reads_the_same(trees):
 
     out, _ = trees
     roots = [out[1][0], out[2][0]]
-    code = ("import json, sys\n"
-            "sys.modules['cgshim._native._netlink'] = None\n"
-            "sys.modules['cgshim._native._procscan'] = None\n"
-            "sys.modules['cgshim._native._bpf'] = None\n"
+    code = (without_c_core() +
             "import cgshim\n"
             "with cgshim.Reader() as r:\n"
             "    s = r.sweep(sys.argv[1:])\n"

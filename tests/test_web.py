@@ -14,7 +14,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cgshim.app import web
 from tests.support.require import require_kernel
-from tests.support.served import Served
 
 pytestmark = pytest.mark.kernel
 
@@ -36,20 +35,6 @@ def nofile():
     old = resource.getrlimit(resource.RLIMIT_NOFILE)
     yield raise_own_nofile
     resource.setrlimit(resource.RLIMIT_NOFILE, old)
-
-
-@pytest.fixture
-def served():
-    started = []
-
-    def start(*args, **kw):
-        s = Served(*args, **kw)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.close()
 
 
 def get(port, path="/metrics", method="GET", timeout=30.0, headers=None):

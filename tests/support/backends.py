@@ -13,3 +13,12 @@ def v2_source():
     from cgshim.reader import backends
 
     return "bpf" if backends()["bpf"].available else "scan"
+
+
+def without_c_core(*units):
+    """The first lines of a child interpreter's code that make the named units of the C
+    core (``_netlink``, ``_procscan``, ``_bpf``; all three by default) fail to import, as
+    on a host where they were not built."""
+    units = units or ("_netlink", "_procscan", "_bpf")
+    return "import json, sys\n" + "".join(
+        f"sys.modules['cgshim._native.{u}'] = None\n" for u in units)

@@ -170,6 +170,16 @@ def _libc():
     return libc
 
 
+def sleep_until(t):
+    """Sleep until time.monotonic() reaches ``t`` (a signal that wakes the sleep early
+    sleeps again)."""
+    while True:
+        left = t - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(left)
+
+
 class TestbedError(RuntimeError):
     """The test bed could not be set up (not root, no such hierarchy, ...)."""
 
