@@ -74,6 +74,22 @@ def wait(predicate, what, timeout=60.0):
         time.sleep(0.05)
 
 
+def settled_fds(srv, quiet=0.5, timeout=30.0):
+    """The server's fd count once it has stayed the same for ``quiet`` s: a connection the
+    client has just closed may still be open on the server's side for a moment, and a
+    count taken then would be one too high for good."""
+    deadline = time.monotonic() + timeout
+    last, since = srv.fds(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the server's fds did not settle within {timeout} s")
+        time.sleep(0.05)
+        now = srv.fds()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
 def ids_in(body):
     return {s.labels.get("id") for fam in text_string_to_metric_families(body.decode())
             for s in fam.samples} - {None}
@@ -105,7 +121,7 @@ def test_idle_and_slow_header_connections_leave_metrics_answering(testbed, serve
     wait(lambda: get(srv.port, "/healthz")[0] == 200, "healthz 200")
     status, _, body = get(srv.port)
     assert status == 200 and len(ids_in(body)) == 1
-    threads_before, fds_before, rss_before = srv.threads(), srv.fds(), srv.rss()
+    threads_before, fds_before, rss_before = srv.threads(), settled_fds(srv), srv.rss()
 
     idle = slow = []
     stop = threading.Event()
