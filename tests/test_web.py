@@ -66,11 +66,13 @@ def raw(port, data, timeout=30.0):
         return out
 
 
-def wait(predicate, what, timeout=60.0):
+def wait(predicate, what, timeout=60.0, state=None):
+    """Poll ``predicate``; on timeout say what was awaited and, from ``state()``, what was seen."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
+            seen = f" (seen: {state()})" if state else ""
+            raise AssertionError(f"not within {timeout} s: {what}{seen}")
         time.sleep(0.05)
 
 
@@ -144,7 +146,9 @@ def test_idle_and_slow_header_connections_leave_metrics_answering(testbed, serve
         trickler = threading.Thread(target=trickle, daemon=True)
         trickler.start()
         # Every connection was accepted (none waits in the SYN queue).
-        wait(lambda: srv.fds() >= fds_before + IDLE + SLOW, "all connections accepted")
+        wait(lambda: srv.fds() >= fds_before + IDLE + SLOW, "all connections accepted",
+             state=lambda: f"server fds {srv.fds()}, baseline {fds_before}, "
+                           f"client sockets {len(idle)}+{len(slow)}")
 
         latencies = []
         for _ in range(5):
@@ -164,7 +168,8 @@ def test_idle_and_slow_header_connections_leave_metrics_answering(testbed, serve
         assert rss_during - rss_before < 64 << 20, (rss_before, rss_during)
 
         # At the deadline (20 s from accept) the server closes every one of them.
-        wait(lambda: srv.fds() <= fds_before + 8, "connections closed at the deadline", 120)
+        wait(lambda: srv.fds() <= fds_before + 8, "connections closed at the deadline", 120,
+             state=lambda: f"server fds {srv.fds()}, baseline {fds_before}")
     finally:
         stop.set()
         for s in idle + slow:
