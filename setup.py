@@ -5,6 +5,7 @@ the BPF program is compiled with clang by build_ext, beside the extensions, and 
 where clang is missing. The package builds and installs either way; ``cgshim.backends()``
 then says why the bpf backend is absent.
 """
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -30,6 +31,8 @@ class build_ext(_build_ext):
 
     def run(self):
         super().run()
+        if self.inplace:
+            self._remove_shadowing_builds()
         if _no_libbpf is not None:
             return
         if self.inplace:
@@ -39,6 +42,22 @@ class build_ext(_build_ext):
         why = _build.compile_bpf_object(dest)
         if why:
             print(f"cgshim: no BPF object, the bpf backend will be absent: {why}", file=sys.stderr)
+
+
+    def _remove_shadowing_builds(self):
+        """An in-place build writes ``_unit.abi3.so``; a ``_unit.cpython-*.so`` left beside it
+        by ``python cgshim/_native/build.py`` comes first in importlib's EXTENSION_SUFFIXES
+        and would be imported instead of the fresh build: remove it."""
+        for ext in self.extensions:
+            fresh = self.get_ext_fullpath(ext.name)
+            folder, base = os.path.split(fresh)
+            stem = ext.name.rpartition(".")[2]
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+                other = os.path.join(folder, stem + suffix)
+                if other != fresh and os.path.exists(other):
+                    print(f"cgshim: removing {other}: it would shadow the fresh {base}",
+                          file=sys.stderr)
+                    os.unlink(other)
 
 
 setup(cffi_modules=modules, cmdclass={"build_ext": build_ext})

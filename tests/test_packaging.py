@@ -5,6 +5,7 @@ and exits 2; the library and the probe work without either.
 
 One real fresh virtualenv (``pip install`` of a copy of this tree: it builds the C core,
 ~30 s), and cheaper children with the extras' modules blocked by a sys.meta_path finder."""
+import importlib.machinery
 import json
 import os
 import shutil
@@ -77,6 +78,32 @@ def _copy_tree(dst):
     skip = shutil.ignore_patterns(".git", ".venv*", ".ci-venv", "build", "dist", "*.egg-info",
                                   "__pycache__", "*.so", ".hypothesis", ".pytest_cache")
     shutil.copytree(REPO, dst, ignore=skip, symlinks=True)
+
+
+def test_in_place_build_removes_a_dev_build_that_would_shadow_it(tmp_path):
+    """``python cgshim/_native/build.py netlink`` (a unit built while developing) writes
+    ``_netlink.cpython-*.so``, which importlib prefers to the ``_netlink.abi3.so`` of an
+    in-place build (what ``pip install -e .`` runs): the in-place build removes it, so the
+    fresh build is the one imported."""
+    src = tmp_path / "src"
+    _copy_tree(src)
+    native = src / "cgshim" / "_native"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def run(*args, timeout=1200):
+        return subprocess.run([sys.executable, *args], cwd=src, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    dev = run("cgshim/_native/build.py", "netlink")
+    assert dev.returncode == 0, dev.stderr[-3000:]
+    shadow = native / ("_netlink" + importlib.machinery.EXTENSION_SUFFIXES[0])
+    assert [p.name for p in native.glob("_netlink*.so")] == [shadow.name]
+    build = run("setup.py", "-q", "build_ext", "--inplace")
+    assert build.returncode == 0, build.stderr[-3000:]
+    assert [p.name for p in native.glob("_netlink*.so")] == ["_netlink.abi3.so"]
+    assert f"removing {shadow}" in build.stderr
+    loaded = run("-c", "import cgshim._native._netlink as m; print(m.__file__)", timeout=120)
+    assert loaded.stdout.strip() == str(native / "_netlink.abi3.so"), loaded.stderr
 
 
 def test_fresh_venv_install_brings_no_extra(tmp_path):
