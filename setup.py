@@ -43,7 +43,6 @@ class build_ext(_build_ext):
         if why:
             print(f"cgshim: no BPF object, the bpf backend will be absent: {why}", file=sys.stderr)
 
-
     def _remove_shadowing_builds(self):
         """An in-place build writes ``_unit.abi3.so``; a ``_unit.cpython-*.so`` left beside it
         by ``python cgshim/_native/build.py`` comes first in importlib's EXTENSION_SUFFIXES
