@@ -304,6 +304,13 @@ class Pty:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # child: exec at once
             try:
+                # As a shell on a terminal starts a program: SIGINT and SIGQUIT at their
+                # defaults, none blocked. A test run started as a background job of a shell
+                # without job control inherits them ignored, and exec keeps that: Ctrl-C would
+                # then never reach top (Python keeps an ignored SIGINT ignored).
+                for sig in (signal.SIGINT, signal.SIGQUIT):
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, ())
                 os.chdir(REPO)
                 os.execve(sys.executable, argv, env)
             finally:
